@@ -1,0 +1,51 @@
+// EventLoop: one worker thread running one single-threaded asio::io_context. Every client and
+// server connection belongs to exactly one loop and is touched only from its thread; other
+// threads reach it with post(). Owned by the App; lives for the whole process.
+#pragma once
+
+#include <asio.hpp>
+
+#include <functional>
+#include <thread>
+#include <utility>
+
+namespace sluice::net {
+
+class EventLoop {
+ public:
+  explicit EventLoop(int index) : index_(index), ctx_(1), guard_(asio::make_work_guard(ctx_)) {}
+  EventLoop(const EventLoop&) = delete;
+  EventLoop& operator=(const EventLoop&) = delete;
+
+  int index() const { return index_; }
+  asio::io_context& context() { return ctx_; }
+  bool inLoop() const { return std::this_thread::get_id() == thread_id_; }
+
+  template <typename F>
+  void post(F&& f) {
+    asio::post(ctx_, std::forward<F>(f));
+  }
+
+  void start() {
+    thread_ = std::thread([this] {
+      thread_id_ = std::this_thread::get_id();
+      ctx_.run();
+    });
+  }
+  void stop() {
+    guard_.reset();
+    ctx_.stop();
+  }
+  void join() {
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  int index_;
+  asio::io_context ctx_;
+  asio::executor_work_guard<asio::io_context::executor_type> guard_;
+  std::thread thread_;
+  std::thread::id thread_id_;
+};
+
+}  // namespace sluice::net

@@ -1,0 +1,336 @@
+#include "pool/pool.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "common/log.h"
+#include "pool/pool_registry.h"
+#include "protocol/sqlstate.h"
+
+namespace sluice::pool {
+
+using protocol::ErrorInfo;
+
+Pool::Pool(PoolRegistry* registry, std::string database, std::string user, PoolSettings settings,
+           const std::vector<net::EventLoop*>& loops)
+    : registry_(registry),
+      database_(std::move(database)),
+      user_(std::move(user)),
+      loops_(loops),
+      settings_(std::move(settings)),
+      idle_(loops.size()) {}
+
+PoolSettings Pool::settings() const {
+  std::lock_guard lock(mu_);
+  return settings_;
+}
+
+void Pool::applySettings(PoolSettings settings) {
+  std::lock_guard lock(mu_);
+  bool login_changed = settings.login.host != settings_.login.host ||
+                       settings.login.port != settings_.login.port ||
+                       settings.login.dbname != settings_.login.dbname ||
+                       settings.login.user != settings_.login.user;
+  settings_ = std::move(settings);
+  if (login_changed) ++generation_;
+  // More room may let waiters in now; the janitor launches the connects.
+}
+
+std::vector<std::pair<std::string, std::string>> Pool::welcome() const {
+  std::lock_guard lock(mu_);
+  return welcome_;
+}
+
+bool Pool::hasWelcome() const {
+  std::lock_guard lock(mu_);
+  return has_welcome_;
+}
+
+void Pool::learnScramClientKey(const std::array<uint8_t, 32>& key) {
+  std::lock_guard lock(mu_);
+  scram_client_key_ = key;
+}
+
+bool Pool::mayOpenLocked(bool reserve) const {
+  int limit = settings_.pool_size + (reserve ? settings_.reserve_pool_size : 0);
+  if (total_ >= limit) return false;
+  if (now() < retry_at_) return false;
+  return registry_->tryTakeBudget(database_, user_, settings_.max_db_connections,
+                                  settings_.max_user_connections);
+}
+
+void Pool::launchConnectLocked(net::EventLoop* loop) {
+  ++total_;
+  ++login_;
+  ServerLogin login = settings_.login;
+  login.scram_client_key = scram_client_key_;
+  auto server = std::make_shared<ServerConn>(this, loop, registry_->nextServerId());
+  server->generation = generation_;
+  auto self = shared_from_this();
+  loop->post([self, server, login = std::move(login)]() mutable {
+    server->connect(login, [self, server](Status st, std::string sqlstate) {
+      self->onLoginDone(server, std::move(st), sqlstate);
+    });
+  });
+}
+
+Pool::AcquireResult Pool::acquire(const std::shared_ptr<PoolClient>& client,
+                                  const std::string& fair_key) {
+  net::EventLoop* loop = client->clientLoop();
+  std::unique_lock lock(mu_);
+  auto& local = idle_[loop->index()];
+  if (!local.empty() && waiters_.empty()) {
+    auto s = std::move(local.back());
+    local.pop_back();
+    --idle_count_;
+    s->setState(ServerConn::State::kActive);
+    return {std::move(s), 0};
+  }
+  uint64_t id = next_wait_id_++;
+  waiters_.push(id, fair_key, now(), Waiter{client});
+  if (waiters_.size() == 1) {
+    // Nobody was ahead: take an idle server on another loop, or grow the pool.
+    for (size_t i = 0; i < idle_.size(); ++i) {
+      if (idle_[i].empty()) continue;
+      auto s = std::move(idle_[i].back());
+      idle_[i].pop_back();
+      --idle_count_;
+      waiters_.remove(id);
+      s->setState(ServerConn::State::kMigrating);
+      lock.unlock();
+      deliver(client, std::move(s));
+      return {nullptr, id};
+    }
+  }
+  // One connect per waiter beyond what is already logging in.
+  if (int(waiters_.size()) > login_ && mayOpenLocked(false)) launchConnectLocked(loop);
+  return {nullptr, id};
+}
+
+bool Pool::cancelWait(uint64_t wait_id) {
+  std::lock_guard lock(mu_);
+  return waiters_.remove(wait_id).has_value();
+}
+
+// Hands `server` to `client`. Runs on the server's loop, or on any thread for a server in
+// kMigrating that sits in no list (then the move is posted to its loop first).
+void Pool::deliver(std::shared_ptr<PoolClient> client, std::shared_ptr<ServerConn> server) {
+  net::EventLoop* target = client->clientLoop();
+  net::EventLoop* from = server->loop();
+  if (from == target) {
+    target->post([client = std::move(client), server = std::move(server)]() mutable {
+      if (server->state() != ServerConn::State::kClosed) {
+        server->setState(ServerConn::State::kActive);
+      }
+      client->onServerAssigned(std::move(server));
+    });
+    return;
+  }
+  from->post([client = std::move(client), server = std::move(server), target]() mutable {
+    if (server->state() != ServerConn::State::kClosed) server->detachFromLoop();
+    target->post([client = std::move(client), server = std::move(server), target]() mutable {
+      if (server->state() != ServerConn::State::kClosed) server->attachToLoop(target);
+      client->onServerAssigned(std::move(server));
+    });
+  });
+}
+
+void Pool::release(std::shared_ptr<ServerConn> server) {
+  server->detach();
+  std::unique_lock lock(mu_);
+  bool too_old = settings_.server_lifetime.count() > 0 &&
+                 now() - server->createdAt() >= settings_.server_lifetime;
+  bool stale = server->generation < generation_;
+  if (too_old || stale || total_ > settings_.pool_size + settings_.reserve_pool_size) {
+    lock.unlock();
+    server->close(too_old ? "server_lifetime reached" : stale ? "pool reconfigured" : "pool shrank");
+    return;
+  }
+  if (auto w = waiters_.pop()) {
+    server->setState(ServerConn::State::kMigrating);
+    lock.unlock();
+    deliver(std::move(w->value.client), std::move(server));
+    return;
+  }
+  server->setState(ServerConn::State::kIdle);
+  idle_[server->loop()->index()].push_back(server);
+  ++idle_count_;
+  lock.unlock();
+  server->startIdleWatch();
+}
+
+void Pool::onServerClosed(ServerConn* server) {
+  // Pools that share a max_db/max_user budget with this one pick up the freed slot at the next
+  // janitor tick (every 100 ms).
+  std::lock_guard lock(mu_);
+  {
+    --total_;
+    for (auto& list : idle_) {
+      auto it = std::find_if(list.begin(), list.end(),
+                             [server](const auto& s) { return s.get() == server; });
+      if (it != list.end()) {
+        list.erase(it);
+        --idle_count_;
+        break;
+      }
+    }
+    registry_->releaseBudget(database_, user_);
+    // Whoever waits gets a fresh connect in place of the one that closed.
+    if (!waiters_.empty() && int(waiters_.size()) > login_ && mayOpenLocked(false)) {
+      launchConnectLocked(server->loop());
+    }
+  }
+}
+
+void Pool::onLoginDone(const std::shared_ptr<ServerConn>& server, Status st,
+                       const std::string& sqlstate) {
+  std::vector<std::shared_ptr<PoolClient>> to_fail;
+  ErrorInfo err;
+  {
+    std::lock_guard lock(mu_);
+    --login_;
+    if (st) {
+      login_failures_ = 0;
+      retry_at_ = {};
+      if (!has_welcome_) {
+        welcome_ = server->welcome();
+        has_welcome_ = true;
+      }
+    } else {
+      ++login_failures_;
+      last_login_error_ = st.message();
+      last_login_sqlstate_ = sqlstate;
+      last_login_error_at_ = now();
+      SLOG_WARN("pool {}: server login failed: {}", name(), st.message());
+      // A refusal that retrying cannot fix (bad password, no such database or role) goes to
+      // every waiting client now; anything else is retried with backoff while they wait.
+      bool permanent = sqlstate.rfind("28", 0) == 0 || sqlstate == "3D000" ||
+                       sqlstate == "42501" || sqlstate == "0A000";
+      if (permanent) {
+        while (auto w = waiters_.pop()) to_fail.push_back(std::move(w->value.client));
+        err.severity = "FATAL";
+        err.sqlstate = sqlstate;
+        err.message = fmt::format("sluice: could not log in to the server for pool {}: {}",
+                                  name(), st.message());
+      } else {
+        auto backoff = std::min<long long>(settings_.server_login_retry.count(),
+                                           100LL << std::min(login_failures_, 10));
+        retry_at_ = now() + Millis(backoff);
+      }
+    }
+  }
+  if (!to_fail.empty()) failWaiters(std::move(to_fail), err);
+  if (st) {
+    SLOG_INFO("{} new server connection", server->describe());
+    release(server);
+  }
+}
+
+void Pool::failWaiters(std::vector<std::shared_ptr<PoolClient>> clients, const ErrorInfo& e) {
+  for (auto& c : clients) {
+    c->clientLoop()->post([c, e] { c->onAcquireFailed(e); });
+  }
+}
+
+std::string Pool::saturationMessageLocked(TimePoint t) const {
+  int idle = idle_count_;
+  int active = total_ - idle - login_;
+  return fmt::format("{} of {} in use, {} logging in, {} waiting", active, settings_.pool_size,
+                     login_, waiters_.size());
+}
+
+void Pool::janitor(TimePoint t) {
+  std::vector<std::shared_ptr<ServerConn>> to_close;
+  std::vector<std::shared_ptr<PoolClient>> timed_out;
+  ErrorInfo timeout_err;
+  {
+    std::lock_guard lock(mu_);
+    // Idle servers past server_idle_timeout or server_lifetime, or beyond a shrunken pool.
+    for (auto& list : idle_) {
+      for (auto it = list.begin(); it != list.end();) {
+        auto& s = *it;
+        bool idle_out = settings_.server_idle_timeout.count() > 0 &&
+                        t - s->lastUsed() >= settings_.server_idle_timeout &&
+                        total_ - int(to_close.size()) > settings_.min_pool_size;
+        bool too_old = settings_.server_lifetime.count() > 0 &&
+                       t - s->createdAt() >= settings_.server_lifetime;
+        bool excess = total_ - int(to_close.size()) > settings_.pool_size;
+        if (idle_out || too_old || excess || s->generation < generation_) {
+          to_close.push_back(std::move(s));
+          it = list.erase(it);
+          --idle_count_;
+        } else {
+          ++it;
+        }
+      }
+    }
+    // Waiters past query_wait_timeout.
+    if (settings_.query_wait_timeout.count() > 0) {
+      auto ids = waiters_.arrivedBefore(t - settings_.query_wait_timeout);
+      if (!ids.empty()) {
+        timeout_err.sqlstate = sqlstate::kQueryCanceled;
+        timeout_err.message = fmt::format(
+            "sluice: no server connection within query_wait_timeout ({} s) for pool {}: {}",
+            settings_.query_wait_timeout.count() / 1000.0, name(), saturationMessageLocked(t));
+        if (!last_login_error_.empty() && login_failures_ > 0) {
+          timeout_err.detail = "last server login error: " + last_login_error_;
+        }
+        timeout_err.hint =
+            "raise pool_size or query_wait_timeout, or find who holds the connections "
+            "(SHOW CLIENTS, SHOW SERVERS)";
+        for (auto id : ids) {
+          if (auto w = waiters_.remove(id)) timed_out.push_back(std::move(w->value.client));
+        }
+      }
+    }
+    // Grow: one connect per waiter not yet covered; the reserve pool after its timeout.
+    if (!waiters_.empty()) {
+      bool reserve = !waiters_.arrivedBefore(t - settings_.reserve_pool_timeout).empty();
+      while (int(waiters_.size()) > login_ && mayOpenLocked(reserve)) {
+        launchConnectLocked(loops_[next_loop_++ % loops_.size()]);
+      }
+    }
+    // Keep min_pool_size open.
+    while (total_ < settings_.min_pool_size && mayOpenLocked(false)) {
+      launchConnectLocked(loops_[next_loop_++ % loops_.size()]);
+    }
+  }
+  for (auto& s : to_close) {
+    s->loop()->post([s] { s->close("server_idle_timeout, server_lifetime or pool resize"); });
+  }
+  if (!timed_out.empty()) failWaiters(std::move(timed_out), timeout_err);
+}
+
+void Pool::closeIdle(const std::string& reason) {
+  std::vector<std::shared_ptr<ServerConn>> to_close;
+  {
+    std::lock_guard lock(mu_);
+    ++generation_;
+    for (auto& list : idle_) {
+      for (auto& s : list) to_close.push_back(std::move(s));
+      list.clear();
+    }
+    idle_count_ = 0;
+  }
+  for (auto& s : to_close) s->loop()->post([s, reason] { s->close(reason); });
+}
+
+PoolStats Pool::stats() const {
+  std::lock_guard lock(mu_);
+  PoolStats st;
+  st.database = database_;
+  st.user = user_;
+  st.mode = settings_.mode;
+  st.pool_size = settings_.pool_size;
+  st.total = total_;
+  st.idle = idle_count_;
+  st.login = login_;
+  st.active = total_ - idle_count_ - login_;
+  st.waiting = int(waiters_.size());
+  st.clients = clients_.load(std::memory_order_relaxed);
+  if (auto o = waiters_.oldest()) st.max_wait_s = secondsSince(*o);
+  return st;
+}
+
+}  // namespace sluice::pool

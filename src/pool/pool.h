@@ -1,0 +1,149 @@
+// Pool: the server connections of one (database, user) pair across all worker loops, with the
+// global limit, the idle lists and the wait queue. One per pair, owned by the PoolRegistry,
+// shared by every loop. Thread-safe: all state sits behind mu_, a short lock that is never held
+// across I/O (connects, writes and hand-offs are posted to loops after it is released).
+//
+// Counting: total_ counts every server that exists or is logging in, exactly once, from the
+// moment a connect is launched until ServerConn::close(); so the limit is global and a connect
+// that fails or times out stops counting at once (no phantom connections).
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/clock.h"
+#include "config/config.h"
+#include "net/event_loop.h"
+#include "overload/wait_queue.h"
+#include "pool/server_conn.h"
+#include "protocol/wire.h"
+
+namespace sluice::pool {
+
+class PoolRegistry;
+
+// A client that can wait for a server. Implemented by ClientSession.
+class PoolClient {
+ public:
+  virtual ~PoolClient() = default;
+  // Both run on the client's own loop. A server handed over may already be closed (it died
+  // while moving); the client then asks again.
+  virtual void onServerAssigned(std::shared_ptr<ServerConn> server) = 0;
+  virtual void onAcquireFailed(const protocol::ErrorInfo& error) = 0;
+  virtual net::EventLoop* clientLoop() const = 0;
+};
+
+// The pool's settings, resolved from a config snapshot (replaced on reload).
+struct PoolSettings {
+  config::PoolMode mode = config::PoolMode::kSession;
+  int pool_size = 20;
+  int min_pool_size = 0;
+  int reserve_pool_size = 0;
+  Millis reserve_pool_timeout{5000};
+  Millis query_wait_timeout{120000};
+  Millis server_lifetime{3600000};
+  Millis server_idle_timeout{600000};
+  Millis server_login_retry{15000};
+  std::string server_reset_query = "DISCARD ALL";
+  bool server_reset_query_always = false;
+  int max_db_connections = 0;
+  int max_user_connections = 0;
+  ServerLogin login;
+};
+
+struct PoolStats {
+  std::string database;
+  std::string user;
+  config::PoolMode mode;
+  int pool_size = 0;
+  int total = 0;       // servers existing or logging in
+  int idle = 0;
+  int login = 0;
+  int active = 0;      // lent to clients
+  int waiting = 0;     // clients in the wait queue
+  int clients = 0;     // logged-in clients of this pool
+  double max_wait_s = 0;
+};
+
+class Pool : public std::enable_shared_from_this<Pool> {
+ public:
+  Pool(PoolRegistry* registry, std::string database, std::string user, PoolSettings settings,
+       const std::vector<net::EventLoop*>& loops);
+
+  struct AcquireResult {
+    std::shared_ptr<ServerConn> server;  // set when an idle server on the caller's loop was free
+    uint64_t wait_id = 0;                // otherwise the client waits under this id
+  };
+  // Called on the client's loop. Either returns a server at once, or queues the client and later
+  // calls client->onServerAssigned / onAcquireFailed on its loop.
+  AcquireResult acquire(const std::shared_ptr<PoolClient>& client, const std::string& fair_key);
+  // Removes a waiting client; false if it was not waiting any more (a server is on its way).
+  bool cancelWait(uint64_t wait_id);
+  // Gives back a server with no transaction open, on the server's loop.
+  void release(std::shared_ptr<ServerConn> server);
+  // Accounting when a server closes for any reason (called by ServerConn::close).
+  void onServerClosed(ServerConn* server);
+
+  // Periodic upkeep, from the janitor thread: idle timeouts and lifetimes, wait deadlines,
+  // the reserve pool, min_pool_size, retries after failed logins.
+  void janitor(TimePoint now);
+  void applySettings(PoolSettings settings);
+  PoolSettings settings() const;
+  PoolStats stats() const;
+  // ParameterStatus set PostgreSQL sent at the first login, replayed to clients at their login.
+  std::vector<std::pair<std::string, std::string>> welcome() const;
+  bool hasWelcome() const;
+  void learnScramClientKey(const std::array<uint8_t, 32>& key);
+  void clientJoined() { clients_.fetch_add(1, std::memory_order_relaxed); }
+  void clientLeft() { clients_.fetch_sub(1, std::memory_order_relaxed); }
+  // Closes every idle server and marks active ones to close on release (RECONNECT, reload).
+  void closeIdle(const std::string& reason);
+
+  const std::string& database() const { return database_; }
+  const std::string& user() const { return user_; }
+  std::string name() const { return database_ + "/" + user_; }
+
+ private:
+  struct Waiter {
+    std::shared_ptr<PoolClient> client;
+  };
+  // All *Locked functions require mu_.
+  bool mayOpenLocked(bool reserve) const;
+  void launchConnectLocked(net::EventLoop* loop);
+  void deliver(std::shared_ptr<PoolClient> client, std::shared_ptr<ServerConn> server);
+  void onLoginDone(const std::shared_ptr<ServerConn>& server, Status st, const std::string& sqlstate);
+  void failWaiters(std::vector<std::shared_ptr<PoolClient>> clients, const protocol::ErrorInfo& e);
+  std::string saturationMessageLocked(TimePoint now) const;
+
+  PoolRegistry* registry_;
+  const std::string database_;
+  const std::string user_;
+  std::vector<net::EventLoop*> loops_;
+
+  mutable std::mutex mu_;
+  PoolSettings settings_;                                      // GUARDED_BY(mu_)
+  int total_ = 0;                                              // GUARDED_BY(mu_)
+  int login_ = 0;                                              // GUARDED_BY(mu_)
+  int idle_count_ = 0;                                         // GUARDED_BY(mu_)
+  std::vector<std::vector<std::shared_ptr<ServerConn>>> idle_; // per loop, MRU at back
+  overload::WaitQueue<Waiter> waiters_;                        // GUARDED_BY(mu_)
+  std::vector<std::pair<std::string, std::string>> welcome_;   // GUARDED_BY(mu_)
+  bool has_welcome_ = false;                                   // GUARDED_BY(mu_)
+  std::optional<std::array<uint8_t, 32>> scram_client_key_;    // GUARDED_BY(mu_)
+  uint64_t generation_ = 0;   // bumped by closeIdle(); older servers close on release
+  std::string last_login_error_;                               // GUARDED_BY(mu_)
+  std::string last_login_sqlstate_;
+  TimePoint last_login_error_at_{};
+  int login_failures_ = 0;    // consecutive
+  TimePoint retry_at_{};      // no new connect before this after failures
+  uint64_t next_wait_id_ = 1;
+  size_t next_loop_ = 0;      // round robin for pre-warming
+  std::atomic<int> clients_{0};
+};
+
+}  // namespace sluice::pool

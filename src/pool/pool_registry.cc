@@ -1,0 +1,125 @@
+#include "pool/pool_registry.h"
+
+#include <fmt/format.h>
+
+namespace sluice::pool {
+
+PoolRegistry::PoolRegistry(std::vector<net::EventLoop*> loops) : loops_(std::move(loops)) {}
+
+void PoolRegistry::setConfig(std::shared_ptr<const config::Config> cfg,
+                             std::shared_ptr<const config::UserList> users) {
+  std::vector<std::pair<std::shared_ptr<Pool>, PoolSettings>> updates;
+  {
+    std::lock_guard lock(mu_);
+    cfg_ = std::move(cfg);
+    users_ = std::move(users);
+    for (auto& [key, pool] : pools_) {
+      updates.emplace_back(pool, resolve(*cfg_, users_.get(), key.first, key.second));
+    }
+  }
+  for (auto& [pool, settings] : updates) pool->applySettings(std::move(settings));
+}
+
+std::shared_ptr<const config::Config> PoolRegistry::config() const {
+  std::lock_guard lock(mu_);
+  return cfg_;
+}
+
+std::shared_ptr<const config::UserList> PoolRegistry::userList() const {
+  std::lock_guard lock(mu_);
+  return users_;
+}
+
+PoolSettings PoolRegistry::resolve(const config::Config& cfg, const config::UserList* users,
+                                   const std::string& database, const std::string& user) const {
+  const auto& s = cfg.settings;
+  const config::DatabaseEntry* db = cfg.findDatabase(database);
+  const config::UserEntry* u = cfg.findUser(user);
+  PoolSettings p;
+  p.mode = u && u->pool_mode ? *u->pool_mode : db && db->pool_mode ? *db->pool_mode : s.pool_mode;
+  p.pool_size = u && u->pool_size ? *u->pool_size
+                : db && db->pool_size ? *db->pool_size
+                                      : s.default_pool_size;
+  p.min_pool_size = db && db->min_pool_size ? *db->min_pool_size : s.min_pool_size;
+  p.reserve_pool_size = db && db->reserve_pool_size ? *db->reserve_pool_size : s.reserve_pool_size;
+  p.reserve_pool_timeout = s.reserve_pool_timeout;
+  p.query_wait_timeout = s.query_wait_timeout;
+  p.server_lifetime = s.server_lifetime;
+  p.server_idle_timeout = s.server_idle_timeout;
+  p.server_login_retry = s.server_login_retry;
+  p.server_reset_query = s.server_reset_query;
+  p.server_reset_query_always = s.server_reset_query_always;
+  p.max_db_connections = db && db->max_db_connections ? *db->max_db_connections
+                                                       : s.max_db_connections;
+  p.max_user_connections = u && u->max_user_connections ? *u->max_user_connections
+                                                         : s.max_user_connections;
+  ServerLogin& l = p.login;
+  if (db) {
+    l.host = db->host;
+    l.port = db->port;
+    l.dbname = db->dbname.empty() ? (db->name == "*" ? database : db->name) : db->dbname;
+    l.user = db->user.empty() ? user : db->user;
+    if (!db->password.empty()) l.secret = db->password;
+    if (!db->client_encoding.empty()) l.startup_params.emplace_back("client_encoding", db->client_encoding);
+    if (!db->datestyle.empty()) l.startup_params.emplace_back("datestyle", db->datestyle);
+    if (!db->timezone.empty()) l.startup_params.emplace_back("timezone", db->timezone);
+    if (!db->application_name.empty()) l.startup_params.emplace_back("application_name", db->application_name);
+  }
+  if (l.secret.empty() && users) {
+    if (const std::string* sec = users->find(l.user)) l.secret = *sec;
+  }
+  l.unix_dir = s.unix_socket_dir.empty() ? "/tmp" : s.unix_socket_dir;
+  l.connect_timeout = s.server_connect_timeout;
+  return p;
+}
+
+std::shared_ptr<Pool> PoolRegistry::get(const std::string& database, const std::string& user,
+                                        std::string* error) {
+  std::lock_guard lock(mu_);
+  const config::DatabaseEntry* db = cfg_->findDatabase(database);
+  if (!db) {
+    if (error) *error = "no such database: " + database;
+    return nullptr;
+  }
+  // A database with a forced user shares one pool among all its clients.
+  std::string login_user = db->user.empty() ? user : db->user;
+  auto key = std::make_pair(database, login_user);
+  auto it = pools_.find(key);
+  if (it != pools_.end()) return it->second;
+  auto pool = std::make_shared<Pool>(this, database, login_user,
+                                     resolve(*cfg_, users_.get(), database, login_user), loops_);
+  pools_.emplace(key, pool);
+  return pool;
+}
+
+std::vector<std::shared_ptr<Pool>> PoolRegistry::all() const {
+  std::lock_guard lock(mu_);
+  std::vector<std::shared_ptr<Pool>> out;
+  for (const auto& [k, p] : pools_) out.push_back(p);
+  return out;
+}
+
+void PoolRegistry::janitor() {
+  auto t = now();
+  for (auto& p : all()) p->janitor(t);
+}
+
+bool PoolRegistry::tryTakeBudget(const std::string& db, const std::string& user, int max_db,
+                                 int max_user) {
+  std::lock_guard lock(budget_mu_);
+  int& d = db_used_[db];
+  int& u = user_used_[user];
+  if (max_db > 0 && d >= max_db) return false;
+  if (max_user > 0 && u >= max_user) return false;
+  ++d;
+  ++u;
+  return true;
+}
+
+void PoolRegistry::releaseBudget(const std::string& db, const std::string& user) {
+  std::lock_guard lock(budget_mu_);
+  --db_used_[db];
+  --user_used_[user];
+}
+
+}  // namespace sluice::pool

@@ -1,0 +1,58 @@
+// PoolRegistry: every Pool, keyed by (database, user), created on first use from the current
+// config snapshot, plus the budgets shared between pools (max_db_connections per database,
+// max_user_connections per user). Owned by the App. Thread-safe: pools_ and the budgets each
+// sit behind one short mutex; lock order is Pool::mu_ before budget_mu_.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "config/config.h"
+#include "net/event_loop.h"
+#include "pool/pool.h"
+
+namespace sluice::pool {
+
+class PoolRegistry {
+ public:
+  explicit PoolRegistry(std::vector<net::EventLoop*> loops);
+
+  // Swaps in a new snapshot; existing pools take their new settings.
+  void setConfig(std::shared_ptr<const config::Config> cfg,
+                 std::shared_ptr<const config::UserList> users);
+  std::shared_ptr<const config::Config> config() const;
+  std::shared_ptr<const config::UserList> userList() const;
+
+  // The pool for a client of `database` logged in as `user`; nullptr and a message when the
+  // database is not configured.
+  std::shared_ptr<Pool> get(const std::string& database, const std::string& user,
+                            std::string* error);
+  std::vector<std::shared_ptr<Pool>> all() const;
+  void janitor();
+
+  // Budgets across pools. Callers hold the requesting pool's mutex.
+  bool tryTakeBudget(const std::string& db, const std::string& user, int max_db, int max_user);
+  void releaseBudget(const std::string& db, const std::string& user);
+
+  const std::vector<net::EventLoop*>& loops() const { return loops_; }
+  uint64_t nextServerId() { return next_server_id_.fetch_add(1, std::memory_order_relaxed); }
+
+ private:
+  PoolSettings resolve(const config::Config& cfg, const config::UserList* users,
+                       const std::string& database, const std::string& user) const;
+
+  std::vector<net::EventLoop*> loops_;
+  mutable std::mutex mu_;
+  std::shared_ptr<const config::Config> cfg_;      // GUARDED_BY(mu_)
+  std::shared_ptr<const config::UserList> users_;  // GUARDED_BY(mu_)
+  std::map<std::pair<std::string, std::string>, std::shared_ptr<Pool>> pools_;  // GUARDED_BY(mu_)
+  std::mutex budget_mu_;
+  std::map<std::string, int> db_used_;    // GUARDED_BY(budget_mu_)
+  std::map<std::string, int> user_used_;  // GUARDED_BY(budget_mu_)
+  std::atomic<uint64_t> next_server_id_{1};
+};
+
+}  // namespace sluice::pool

@@ -1,0 +1,519 @@
+#include "pool/server_conn.h"
+
+#include <fmt/format.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "pool/pool.h"
+#include "protocol/auth_crypto.h"
+#include "protocol/sqlstate.h"
+
+namespace sluice::pool {
+
+using protocol::ErrorInfo;
+
+namespace {
+constexpr size_t kReadChunk = 16 * 1024;
+// Relayed data above this in the client's write buffer pauses reading from the server.
+}  // namespace
+
+struct ServerConn::ScramState {
+  std::optional<protocol::ScramClient> client;
+};
+
+ServerConn::ServerConn(Pool* pool, net::EventLoop* loop, uint64_t id)
+    : pool_(pool),
+      loop_(loop),
+      id_(id),
+      socket_(loop->context()),
+      timer_(loop->context()),
+      created_at_(now()),
+      last_used_(created_at_) {}
+
+ServerConn::~ServerConn() = default;
+
+std::string ServerConn::describe() const {
+  return fmt::format("[S{} {}/{}@{}:{} pid={}]", id_, login_.dbname, login_.user,
+                     login_.host.empty() ? login_.unix_dir : login_.host, login_.port,
+                     backend_pid_);
+}
+
+void ServerConn::connect(const ServerLogin& login,
+                         std::function<void(Status, std::string)> done) {
+  login_ = login;
+  login_done_ = std::move(done);
+  state_ = State::kLogin;
+  auto self = shared_from_this();
+  timer_.expires_after(login_.connect_timeout);
+  timer_.async_wait([self](const asio::error_code& ec) {
+    if (ec || self->state_ != State::kLogin) return;
+    self->fail(fmt::format("server_connect_timeout ({} s) expired while connecting to {}:{}",
+                           self->login_.connect_timeout.count() / 1000.0,
+                           self->login_.host.empty() ? self->login_.unix_dir : self->login_.host,
+                           self->login_.port),
+               sqlstate::kConnectionFailure);
+  });
+
+  auto on_connected = [self](const asio::error_code& ec) {
+    if (self->state_ != State::kLogin) return;
+    if (ec) {
+      self->fail(fmt::format("could not connect to server {}:{}: {}",
+                             self->login_.host.empty() ? self->login_.unix_dir : self->login_.host,
+                             self->login_.port, ec.message()),
+                 sqlstate::kConnectionFailure);
+      return;
+    }
+    std::vector<std::pair<std::string, std::string>> params = {{"user", self->login_.user},
+                                                               {"database", self->login_.dbname}};
+    for (const auto& p : self->login_.startup_params) params.push_back(p);
+    std::string pkt;
+    protocol::appendStartup(pkt, params);
+    self->send(pkt);
+    self->startRead();
+  };
+
+  if (login_.host.empty() || login_.host[0] == '/') {
+    std::string dir = login_.host.empty() ? login_.unix_dir : login_.host;
+    std::string path = fmt::format("{}/.s.PGSQL.{}", dir, login_.port);
+    asio::local::stream_protocol::endpoint ep(path);
+    socket_.async_connect(asio::generic::stream_protocol::endpoint(ep.data(), ep.size()),
+                          on_connected);
+    return;
+  }
+  asio::error_code ec;
+  auto addr = asio::ip::make_address(login_.host, ec);
+  auto connect_tcp = [self, on_connected](const asio::ip::tcp::endpoint& ep) {
+    asio::generic::stream_protocol::endpoint gep(ep.data(), ep.size());
+    self->socket_.async_connect(gep, [self, on_connected](const asio::error_code& ec) {
+      if (!ec) {
+        int one = 1;
+        ::setsockopt(self->socket_.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      }
+      on_connected(ec);
+    });
+  };
+  if (!ec) {
+    connect_tcp(asio::ip::tcp::endpoint(addr, uint16_t(login_.port)));
+    return;
+  }
+  auto resolver = std::make_shared<asio::ip::tcp::resolver>(loop_->context());
+  resolver->async_resolve(
+      login_.host, std::to_string(login_.port),
+      [self, resolver, connect_tcp](const asio::error_code& ec,
+                                    asio::ip::tcp::resolver::results_type results) {
+        if (self->state_ != State::kLogin) return;
+        if (ec || results.empty()) {
+          self->fail(fmt::format("could not resolve server host \"{}\": {}", self->login_.host,
+                                 ec ? ec.message() : "no addresses"),
+                     sqlstate::kConnectionFailure);
+          return;
+        }
+        connect_tcp(results.begin()->endpoint());
+      });
+}
+
+void ServerConn::send(std::string_view bytes) {
+  out_.append(bytes);
+  flushWrites();
+}
+
+void ServerConn::flushWrites() {
+  if (write_in_flight_ || out_.empty() || state_ == State::kClosed) return;
+  write_in_flight_ = true;
+  writing_.swap(out_);
+  out_.clear();
+  auto self = shared_from_this();
+  asio::async_write(socket_, asio::buffer(writing_),
+                    [self](const asio::error_code& ec, size_t) {
+                      self->write_in_flight_ = false;
+                      if (self->state_ == State::kClosed) return;
+                      if (ec) {
+                        self->fail("could not send data to server: " + ec.message(),
+                                   sqlstate::kConnectionFailure);
+                        return;
+                      }
+                      self->writing_.clear();
+                      self->flushWrites();
+                    });
+}
+
+void ServerConn::startRead() {
+  if (read_in_flight_ || state_ == State::kClosed) return;
+  read_in_flight_ = true;
+  char* p = in_.prepare(kReadChunk);
+  auto self = shared_from_this();
+  socket_.async_read_some(asio::buffer(p, in_.writable()),
+                          [self](const asio::error_code& ec, size_t n) { self->onRead(ec, n); });
+}
+
+void ServerConn::onRead(const asio::error_code& ec, size_t n) {
+  read_in_flight_ = false;
+  if (state_ == State::kClosed || ec == asio::error::operation_aborted) return;
+  if (ec) {
+    fail(ec == asio::error::eof ? "server closed the connection unexpectedly"
+                                : "could not receive data from server: " + ec.message(),
+         sqlstate::kConnectionFailure);
+    return;
+  }
+  in_.commit(n);
+  if (state_ == State::kLogin) {
+    processLogin();
+  } else if (state_ == State::kActive) {
+    processActive();
+  } else if (state_ == State::kIdle) {
+    // PostgreSQL sends nothing to an idle connection except a FATAL before it goes away.
+    auto hdr = protocol::peekHeader(in_.data());
+    std::string why = "server sent data while idle";
+    if (hdr && hdr->type == 'E' && in_.size() >= hdr->total()) {
+      auto f = protocol::parseErrorFields(in_.data().substr(5, hdr->length - 4));
+      why = "server closed the idle connection: " + f['M'];
+    }
+    fail(why, sqlstate::kAdminShutdown);
+  }
+}
+
+void ServerConn::processLogin() {
+  while (state_ == State::kLogin) {
+    auto hdr = protocol::peekHeader(in_.data());
+    if (!hdr) break;
+    if (hdr->length < 4 || hdr->length > 1024 * 1024) {
+      fail("server sent an invalid message during login", sqlstate::kProtocolViolation);
+      return;
+    }
+    if (in_.size() < hdr->total()) break;
+    std::string msg(in_.data().substr(5, hdr->length - 4));
+    in_.consume(hdr->total());
+    if (!handleLoginMessage(hdr->type, msg)) return;
+  }
+  if (state_ == State::kLogin) startRead();
+}
+
+bool ServerConn::handleLoginMessage(char type, std::string_view payload) {
+  protocol::Reader r(payload);
+  switch (type) {
+    case 'R': {
+      int32_t code = r.int32();
+      std::string out;
+      if (code == protocol::kAuthOk) return true;
+      if (code == protocol::kAuthCleartext) {
+        if (login_.secret.empty() || protocol::secretKind(login_.secret) != protocol::SecretKind::kPlain) {
+          fail("server asked for a cleartext password and sluice has no plain password for user \"" +
+                   login_.user + "\"",
+               sqlstate::kInvalidPassword);
+          return false;
+        }
+        protocol::appendPassword(out, login_.secret);
+      } else if (code == protocol::kAuthMd5) {
+        std::string_view salt = r.bytes(4);
+        if (r.failed()) break;
+        std::string secret;
+        switch (protocol::secretKind(login_.secret)) {
+          case protocol::SecretKind::kPlain:
+            secret = protocol::md5PasswordSecret(login_.user, login_.secret);
+            break;
+          case protocol::SecretKind::kMd5:
+            secret = login_.secret;
+            break;
+          case protocol::SecretKind::kScram:
+            fail("server asked for md5 but only a SCRAM secret is known for user \"" +
+                     login_.user + "\"",
+                 sqlstate::kInvalidPassword);
+            return false;
+        }
+        if (login_.secret.empty()) {
+          fail("server asked for a password and none is configured for user \"" + login_.user +
+                   "\" (set password= in [databases] or add the user to auth_file)",
+               sqlstate::kInvalidPassword);
+          return false;
+        }
+        protocol::appendPassword(
+            out, protocol::md5SaltedResponse(secret, reinterpret_cast<const uint8_t*>(salt.data())));
+      } else if (code == protocol::kAuthSasl) {
+        bool has_scram = false;
+        while (!r.atEnd() && !r.failed()) {
+          auto mech = r.cstring();
+          if (mech == "SCRAM-SHA-256") has_scram = true;
+          if (mech.empty()) break;
+        }
+        if (!has_scram) {
+          fail("server offers no supported SASL mechanism", sqlstate::kFeatureNotSupported);
+          return false;
+        }
+        scram_ = std::make_unique<ScramState>();
+        auto kind = protocol::secretKind(login_.secret);
+        if (kind == protocol::SecretKind::kPlain && !login_.secret.empty()) {
+          scram_->client.emplace(protocol::ScramClient::fromPassword(login_.secret));
+        } else if (kind == protocol::SecretKind::kScram && login_.scram_client_key) {
+          auto sec = protocol::parseScramSecret(login_.secret);
+          scram_->client.emplace(protocol::ScramClient::fromKeys(*login_.scram_client_key, sec->server_key));
+        } else {
+          fail("server asked for SCRAM and sluice has no usable password for user \"" + login_.user +
+                   "\" (a plain password is needed, or a SCRAM secret after the client logged in "
+                   "with SCRAM)",
+               sqlstate::kInvalidPassword);
+          return false;
+        }
+        protocol::appendSaslInitialResponse(out, "SCRAM-SHA-256", scram_->client->clientFirst());
+      } else if (code == protocol::kAuthSaslContinue) {
+        if (!scram_) break;
+        auto res = scram_->client->handleServerFirst(r.rest());
+        if (!res) {
+          fail("SCRAM exchange with server failed: " + res.message(), sqlstate::kInvalidPassword);
+          return false;
+        }
+        protocol::appendSaslResponse(out, *res);
+      } else if (code == protocol::kAuthSaslFinal) {
+        if (!scram_) break;
+        Status st = scram_->client->handleServerFinal(r.rest());
+        if (!st) {
+          fail("SCRAM server signature check failed: " + st.message(), sqlstate::kInvalidPassword);
+          return false;
+        }
+        return true;
+      } else {
+        fail(fmt::format("server asked for an unsupported authentication method ({})", code),
+             sqlstate::kFeatureNotSupported);
+        return false;
+      }
+      send(out);
+      return true;
+    }
+    case 'S': {
+      std::string name(r.cstring());
+      std::string value(r.cstring());
+      if (r.failed()) break;
+      params_[name] = value;
+      welcome_.emplace_back(std::move(name), std::move(value));
+      return true;
+    }
+    case 'K':
+      backend_pid_ = uint32_t(r.int32());
+      backend_key_ = uint32_t(r.int32());
+      if (r.failed()) break;
+      return true;
+    case 'N':
+      return true;
+    case 'E': {
+      auto f = protocol::parseErrorFields(payload);
+      fail("server login failed: " + f['M'], f['C']);
+      return false;
+    }
+    case 'Z':
+      tx_status_ = r.byte();
+      timer_.cancel();
+      state_ = State::kActive;
+      scram_.reset();
+      finishLogin(Status::ok(), "");
+      return false;
+    default:
+      break;
+  }
+  fail(fmt::format("server sent an unexpected message '{}' during login", type),
+       sqlstate::kProtocolViolation);
+  return false;
+}
+
+void ServerConn::finishLogin(Status st, const std::string& sqlstate) {
+  auto done = std::move(login_done_);
+  login_done_ = nullptr;
+  if (done) done(std::move(st), sqlstate);
+}
+
+void ServerConn::attach(ServerListener* listener) {
+  listener_ = listener;
+  state_ = State::kActive;
+  paused_ = false;
+  last_used_ = now();
+  startRead();
+}
+
+void ServerConn::detach() {
+  listener_ = nullptr;
+  last_used_ = now();
+}
+
+void ServerConn::resumeReading() {
+  if (!paused_) return;
+  paused_ = false;
+  processActive();
+}
+
+void ServerConn::runInternal(std::string sql, std::function<void(Status)> done) {
+  internal_ = std::move(done);
+  internal_error_.clear();
+  ++owed_ready_;
+  std::string msg;
+  protocol::appendQuery(msg, sql);
+  send(msg);
+  startRead();
+}
+
+// Relays what the server sent. Messages sluice must see (ReadyForQuery, ParameterStatus, and
+// everything while its own query runs) are read whole; the rest streams through in pieces.
+void ServerConn::processActive() {
+  std::string_view data = in_.data();
+  size_t pos = 0;
+  size_t fwd_start = 0;
+  bool ready = false;
+  auto forward = [&](size_t end) {
+    if (end > fwd_start && listener_) listener_->onServerData(data.substr(fwd_start, end - fwd_start));
+    fwd_start = end;
+  };
+  while (pos < data.size() && state_ == State::kActive) {
+    if (passthrough_left_ > 0) {
+      size_t n = std::min(passthrough_left_, data.size() - pos);
+      pos += n;
+      passthrough_left_ -= n;
+      continue;
+    }
+    auto hdr = protocol::peekHeader(data.substr(pos));
+    if (!hdr) break;
+    if (hdr->length < 4) {
+      forward(pos);
+      fail("server sent an invalid message length", sqlstate::kProtocolViolation);
+      return;
+    }
+    char t = hdr->type;
+    bool whole = internal_ || t == 'Z' || t == 'S' || t == 'E';
+    if (!whole) {
+      size_t n = std::min(hdr->total(), data.size() - pos);
+      passthrough_left_ = hdr->total() - n;
+      pos += n;
+      continue;
+    }
+    if (data.size() - pos < hdr->total()) {
+      if (hdr->total() > 64 * 1024 * 1024) {
+        fail("server sent an oversized message", sqlstate::kProtocolViolation);
+        return;
+      }
+      break;
+    }
+    std::string_view payload = data.substr(pos + 5, hdr->length - 4);
+    if (t == 'S') {
+      protocol::Reader r(payload);
+      std::string name(r.cstring());
+      std::string value(r.cstring());
+      if (!r.failed()) params_[name] = value;
+    } else if (t == 'Z') {
+      tx_status_ = payload.empty() ? 'I' : payload[0];
+      if (owed_ready_ > 0) --owed_ready_;
+    }
+    if (internal_) {
+      // sluice's own query: swallow everything, remember an error, finish at ReadyForQuery.
+      forward(pos);
+      if (t == 'E') internal_error_ = protocol::parseErrorFields(payload)['M'];
+      pos += hdr->total();
+      fwd_start = pos;
+      if (t == 'Z') {
+        auto done = std::move(internal_);
+        internal_ = nullptr;
+        in_.consume(pos);
+        data = in_.data();
+        pos = fwd_start = 0;
+        done(internal_error_.empty() ? Status::ok() : Status::error(internal_error_));
+        if (state_ != State::kActive) return;
+      }
+      continue;
+    }
+    pos += hdr->total();
+    if (t == 'Z' && owed_ready_ == 0 && !unsynced_) ready = true;
+  }
+  forward(pos);
+  in_.consume(pos);
+  if (state_ != State::kActive) return;
+  if (ready && listener_ && clean()) {
+    listener_->onServerReady();
+    if (state_ != State::kActive || !listener_) {
+      in_.shrinkIfEmpty();
+      return;
+    }
+  }
+  if (listener_ && !listener_->wantsMore()) {
+    paused_ = true;
+    return;
+  }
+  if (listener_ || internal_) startRead();
+}
+
+void ServerConn::startIdleWatch() {
+  state_ = State::kIdle;
+  in_.shrinkIfEmpty();
+  startRead();
+}
+
+void ServerConn::detachFromLoop() {
+  state_ = State::kMigrating;
+  timer_.cancel();
+  asio::error_code ec;
+  int fd = socket_.release(ec);
+  if (ec) fd = -1;
+  migrating_fd_ = fd;
+}
+
+void ServerConn::attachToLoop(net::EventLoop* loop) {
+  loop_ = loop;
+  timer_ = asio::steady_timer(loop->context());
+  socket_ = Socket(loop->context());
+  if (migrating_fd_ >= 0) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    ::getsockname(migrating_fd_, reinterpret_cast<sockaddr*>(&ss), &len);
+    int proto = ss.ss_family == AF_UNIX ? 0 : IPPROTO_TCP;
+    asio::error_code ec;
+    socket_.assign(asio::generic::stream_protocol(ss.ss_family, proto), migrating_fd_, ec);
+  }
+  migrating_fd_ = -1;
+  read_in_flight_ = false;
+  write_in_flight_ = false;
+  state_ = State::kActive;
+}
+
+void ServerConn::fail(const std::string& why, const std::string& sqlstate) {
+  if (state_ == State::kClosed) return;
+  State was = state_;
+  close(why);
+  ErrorInfo e;
+  e.severity = "FATAL";
+  e.sqlstate = sqlstate.empty() ? sqlstate::kConnectionFailure : sqlstate;
+  e.message = why;
+  if (was == State::kLogin) {
+    finishLogin(Status::error(why), e.sqlstate);
+    return;
+  }
+  if (internal_) {
+    auto done = std::move(internal_);
+    internal_ = nullptr;
+    done(Status::error(why));
+  }
+  if (listener_) {
+    auto* l = listener_;
+    listener_ = nullptr;
+    l->onServerGone(e);
+  }
+}
+
+void ServerConn::close(const std::string& reason) {
+  if (state_ == State::kClosed) return;
+  if ((state_ == State::kActive || state_ == State::kIdle) && !write_in_flight_) {
+    std::string bye;
+    protocol::appendTerminate(bye);
+    asio::error_code ec;
+    socket_.non_blocking(true, ec);
+    socket_.write_some(asio::buffer(bye), ec);  // best effort; never blocks the loop
+  }
+  if (migrating_fd_ >= 0) {
+    ::close(migrating_fd_);
+    migrating_fd_ = -1;
+  }
+  state_ = State::kClosed;
+  SLOG_INFO("{} closing: {} (age {:.1f} s)", describe(), reason, secondsSince(created_at_));
+  asio::error_code ec;
+  timer_.cancel();
+  socket_.close(ec);
+  pool_->onServerClosed(this);
+}
+
+}  // namespace sluice::pool

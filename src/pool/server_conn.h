@@ -1,0 +1,164 @@
+// ServerConn: one connection from sluice to PostgreSQL. Owned by shared_ptr: by its Pool while
+// idle (in the pool's idle list) and by the ClientSession it is lent to while active. Belongs to
+// exactly one EventLoop at a time and is touched only from that loop's thread; a Pool moves an
+// idle connection to another loop with detachFromLoop()/attachToLoop() through posted tasks.
+//
+// It does the login (startup, md5/SCRAM/cleartext), keeps the server's ParameterStatus values,
+// transaction status and the number of ReadyForQuery still owed, runs sluice's own queries
+// (parameter sync, reset, check) while swallowing their results, and otherwise hands every byte
+// it reads to its ServerListener untouched.
+#pragma once
+
+#include <asio.hpp>
+
+#include <array>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "common/clock.h"
+#include "common/status.h"
+#include "net/buffer.h"
+#include "net/event_loop.h"
+#include "protocol/wire.h"
+
+namespace sluice::pool {
+
+class Pool;
+using Socket = asio::generic::stream_protocol::socket;
+
+// Receives what an active server sends. Implemented by ClientSession; called on the loop thread.
+class ServerListener {
+ public:
+  virtual ~ServerListener() = default;
+  // Bytes to relay as they are (complete or partial messages).
+  virtual void onServerData(std::string_view bytes) = 0;
+  // A ReadyForQuery arrived and nothing more is owed: the server may be released.
+  virtual void onServerReady() = 0;
+  // The connection failed or was closed by PostgreSQL; `error` says why.
+  virtual void onServerGone(const protocol::ErrorInfo& error) = 0;
+  // True while the client can take more data; when false the server stops reading until
+  // resumeReading() (backpressure).
+  virtual bool wantsMore() const = 0;
+};
+
+// What sluice needs to log in as a user.
+struct ServerLogin {
+  std::string host;  // "" or "/dir" for a unix socket
+  int port = 5432;
+  std::string unix_dir;
+  std::string dbname;
+  std::string user;
+  std::string secret;  // plain password, "md5..." or "SCRAM-SHA-256$..." (may be empty)
+  std::optional<std::array<uint8_t, 32>> scram_client_key;  // from a client's SCRAM proof
+  std::vector<std::pair<std::string, std::string>> startup_params;  // extra, e.g. client_encoding
+  Millis connect_timeout{15000};
+};
+
+class ServerConn : public std::enable_shared_from_this<ServerConn> {
+ public:
+  enum class State {
+    kLogin,      // connecting or authenticating
+    kIdle,       // in its pool's idle list, watched for EOF
+    kActive,     // lent to a client (or running sluice's own query)
+    kMigrating,  // moving to another loop
+    kClosed,     // socket closed; only stale handlers still reference it
+  };
+
+  ServerConn(Pool* pool, net::EventLoop* loop, uint64_t id);
+  ~ServerConn();
+
+  // Connects and logs in; `done` runs on the loop with the result. Error messages name the
+  // server and what failed; `error_sqlstate` is PostgreSQL's code when it refused the login.
+  void connect(const ServerLogin& login, std::function<void(Status, std::string sqlstate)> done);
+
+  // Active use by a client.
+  void attach(ServerListener* listener);
+  void detach();
+  void send(std::string_view bytes);  // queue for writing, start the write if idle
+  void noteQueryForwarded() { ++owed_ready_; }  // a Query, Sync or FunctionCall was sent
+  void setUnsynced(bool v) { unsynced_ = v; }
+  void resumeReading();
+  // Runs `sql` as sluice's own query; its results are not relayed. `done` gets an error if
+  // PostgreSQL answered with one or the connection failed.
+  void runInternal(std::string sql, std::function<void(Status)> done);
+
+  // Idle watch: a read that only notices EOF or unexpected bytes while pooled.
+  void startIdleWatch();
+
+  // Moving between loops (idle servers only).
+  void detachFromLoop();
+  void attachToLoop(net::EventLoop* loop);
+
+  void close(const std::string& reason);
+
+  uint64_t id() const { return id_; }
+  State state() const { return state_; }
+  void setState(State s) { state_ = s; }
+  Pool* pool() const { return pool_; }
+  net::EventLoop* loop() const { return loop_; }
+  char txStatus() const { return tx_status_; }
+  int owedReady() const { return owed_ready_; }
+  bool unsynced() const { return unsynced_; }
+  bool clean() const { return tx_status_ == 'I' && owed_ready_ == 0 && !unsynced_ && !internal_; }
+  const std::map<std::string, std::string>& params() const { return params_; }
+  const std::vector<std::pair<std::string, std::string>>& welcome() const { return welcome_; }
+  uint32_t backendPid() const { return backend_pid_; }
+  uint32_t backendKey() const { return backend_key_; }
+  const ServerLogin& login() const { return login_; }
+  TimePoint createdAt() const { return created_at_; }
+  TimePoint lastUsed() const { return last_used_; }
+  void touch() { last_used_ = now(); }
+  std::string describe() const;  // "[S12 db/user@host:port pid=1234]"
+  int pendingCancels = 0;        // cancel requests in flight for this server's current query
+  uint64_t generation = 0;       // pool generation at creation; older ones close on release
+
+ private:
+  void startRead();
+  void onRead(const asio::error_code& ec, size_t n);
+  void processLogin();
+  void processActive();
+  bool handleLoginMessage(char type, std::string_view payload);  // false: stop
+  void flushWrites();
+  void fail(const std::string& why, const std::string& sqlstate = {});
+  void finishLogin(Status st, const std::string& sqlstate);
+
+  Pool* pool_;
+  net::EventLoop* loop_;
+  uint64_t id_;
+  Socket socket_;
+  asio::steady_timer timer_;
+  State state_ = State::kLogin;
+  ServerLogin login_;
+  std::function<void(Status, std::string)> login_done_;
+  struct ScramState;
+  std::unique_ptr<ScramState> scram_;
+
+  net::ByteBuffer in_;
+  std::string out_;       // bytes waiting to be written
+  std::string writing_;   // bytes of the write in flight
+  bool write_in_flight_ = false;
+  bool read_in_flight_ = false;
+  bool paused_ = false;
+  size_t passthrough_left_ = 0;  // bytes of a relayed message not yet seen
+
+  ServerListener* listener_ = nullptr;
+  char tx_status_ = 'I';
+  int owed_ready_ = 0;
+  bool unsynced_ = false;
+  // sluice's own query in flight: results swallowed, callback at its ReadyForQuery
+  std::function<void(Status)> internal_;
+  std::string internal_error_;
+
+  std::map<std::string, std::string> params_;
+  std::vector<std::pair<std::string, std::string>> welcome_;  // ParameterStatus at login
+  uint32_t backend_pid_ = 0;
+  uint32_t backend_key_ = 0;
+  int migrating_fd_ = -1;
+  TimePoint created_at_;
+  TimePoint last_used_;
+};
+
+}  // namespace sluice::pool

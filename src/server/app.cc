@@ -1,0 +1,317 @@
+#include "server/app.h"
+
+#include <fmt/format.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <future>
+#include <thread>
+
+#include "common/log.h"
+#include "protocol/sqlstate.h"
+#include "admin/admin_console.h"
+#include "session/client_session.h"
+
+namespace sluice::server {
+
+namespace {
+constexpr auto kJanitorPeriod = std::chrono::milliseconds(100);
+
+std::shared_ptr<const config::UserList> loadUsers(const config::Config& cfg) {
+  if (cfg.settings.auth_file.empty()) return std::make_shared<config::UserList>();
+  return std::make_shared<config::UserList>(config::loadUserList(cfg.settings.auth_file));
+}
+}  // namespace
+
+App::App(std::string config_path) : config_path_(std::move(config_path)) {}
+
+App::~App() = default;
+
+int App::run() {
+  cfg_ = config::loadConfig(config_path_);  // throws ConfigError: reported by main
+  auto users = loadUsers(*cfg_);
+  const auto& s = cfg_->settings;
+  initLogging(s.logfile, s.verbose);
+  for (const auto& w : cfg_->warnings) SLOG_WARN("{}", w);
+
+  // Many idle clients need many descriptors: take the hard limit.
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+
+  int workers = s.workers > 0 ? s.workers : int(std::max(1u, std::thread::hardware_concurrency()));
+  std::vector<net::EventLoop*> raw;
+  for (int i = 0; i < workers; ++i) {
+    loops_.push_back(std::make_unique<net::EventLoop>(i));
+    raw.push_back(loops_.back().get());
+    auto lc = std::make_unique<session::LoopClients>();
+    lc->loop = raw.back();
+    ctx_.loops.push_back(std::move(lc));
+  }
+  pools_ = std::make_unique<pool::PoolRegistry>(raw);
+  pools_->setConfig(cfg_, users);
+  ctx_.pools = pools_.get();
+  admin_ = std::make_unique<admin::AdminConsole>(&ctx_, this);
+  ctx_.admin = admin_.get();
+
+  listen();
+  if (!s.pidfile.empty()) {
+    std::ofstream(s.pidfile) << getpid() << "\n";
+  }
+  for (auto& l : loops_) l->start();
+  started_at_ = now();
+  SLOG_INFO("sluice {} started: {} worker threads, {} database entries", SLUICE_VERSION, workers,
+            cfg_->databases.size());
+  waitSignals();
+  scheduleJanitor();
+  control_.run();
+
+  for (auto& l : loops_) l->stop();
+  for (auto& l : loops_) l->join();
+  if (!unix_socket_path_.empty()) ::unlink(unix_socket_path_.c_str());
+  if (!s.pidfile.empty()) ::unlink(s.pidfile.c_str());
+  SLOG_INFO("sluice stopped");
+  return exit_code_;
+}
+
+void App::listen() {
+  const auto& s = cfg_->settings;
+  if (!s.listen_addr.empty()) {
+    std::vector<std::string> addrs;
+    size_t start = 0;
+    while (start <= s.listen_addr.size()) {
+      size_t comma = s.listen_addr.find(',', start);
+      std::string a = s.listen_addr.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+      a.erase(0, a.find_first_not_of(" \t"));
+      a.erase(a.find_last_not_of(" \t") + 1);
+      if (!a.empty()) addrs.push_back(a);
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
+    for (auto& a : addrs) {
+      std::vector<asio::ip::tcp::endpoint> eps;
+      if (a == "*") {
+        eps.emplace_back(asio::ip::tcp::v4(), uint16_t(s.listen_port));
+        eps.emplace_back(asio::ip::tcp::v6(), uint16_t(s.listen_port));
+      } else {
+        asio::ip::tcp::resolver r(control_);
+        for (auto& e : r.resolve(a, std::to_string(s.listen_port))) eps.push_back(e.endpoint());
+      }
+      for (auto& ep : eps) {
+        auto acc = std::make_shared<asio::ip::tcp::acceptor>(control_);
+        acc->open(ep.protocol());
+        acc->set_option(asio::socket_base::reuse_address(true));
+        if (ep.address().is_v6()) acc->set_option(asio::ip::v6_only(true));
+        if (s.so_reuseport) {
+          int one = 1;
+          ::setsockopt(acc->native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+        }
+        asio::error_code ec;
+        acc->bind(ep, ec);
+        if (ec) {
+          throw std::runtime_error(fmt::format("cannot listen on {}:{}: {}", ep.address().to_string(),
+                                               ep.port(), ec.message()));
+        }
+        acc->listen(s.listen_backlog);
+        SLOG_INFO("listening on {}:{}", ep.address().to_string(), ep.port());
+        tcp_acceptors_.push_back(acc);
+        acceptTcp(acc);
+      }
+    }
+  }
+  if (!s.unix_socket_dir.empty()) {
+    unix_socket_path_ = fmt::format("{}/.s.PGSQL.{}", s.unix_socket_dir, s.listen_port);
+    ::unlink(unix_socket_path_.c_str());
+    auto acc = std::make_shared<asio::local::stream_protocol::acceptor>(
+        control_, asio::local::stream_protocol::endpoint(unix_socket_path_));
+    ::chmod(unix_socket_path_.c_str(), mode_t(s.unix_socket_mode));
+    SLOG_INFO("listening on unix:{}", unix_socket_path_);
+    unix_acceptors_.push_back(acc);
+    acceptUnix(acc);
+  }
+}
+
+void App::acceptTcp(std::shared_ptr<asio::ip::tcp::acceptor> acc) {
+  acc->async_accept([this, acc](const asio::error_code& ec, asio::ip::tcp::socket sock) {
+    if (ec == asio::error::operation_aborted || !acc->is_open()) return;
+    if (!ec) {
+      asio::error_code e2;
+      auto ep = sock.remote_endpoint(e2);
+      std::string peer = e2 ? "?" : fmt::format("{}:{}", ep.address().to_string(), ep.port());
+      int family = ep.address().is_v6() ? AF_INET6 : AF_INET;
+      sock.set_option(asio::ip::tcp::no_delay(true), e2);
+      handOff(sock.release(), family, std::move(peer));
+    }
+    acceptTcp(acc);
+  });
+}
+
+void App::acceptUnix(std::shared_ptr<asio::local::stream_protocol::acceptor> acc) {
+  acc->async_accept([this, acc](const asio::error_code& ec, asio::local::stream_protocol::socket sock) {
+    if (ec == asio::error::operation_aborted || !acc->is_open()) return;
+    if (!ec) handOff(sock.release(), AF_UNIX, "unix");
+    acceptUnix(acc);
+  });
+}
+
+void App::handOff(int fd, int family, std::string peer) {
+  net::EventLoop* loop = loops_[next_loop_++ % loops_.size()].get();
+  loop->post([this, loop, fd, family, peer = std::move(peer)]() mutable {
+    session::Socket sock(loop->context());
+    asio::error_code ec;
+    sock.assign(asio::generic::stream_protocol(family, family == AF_UNIX ? 0 : IPPROTO_TCP), fd, ec);
+    if (ec) {
+      ::close(fd);
+      return;
+    }
+    auto client = std::make_shared<session::ClientSession>(&ctx_, loop, std::move(sock), std::move(peer));
+    client->start();
+  });
+}
+
+void App::scheduleJanitor() {
+  janitor_timer_.expires_after(kJanitorPeriod);
+  janitor_timer_.async_wait([this](const asio::error_code& ec) {
+    if (ec) return;
+    janitorTick();
+    scheduleJanitor();
+  });
+}
+
+void App::janitorTick() {
+  pools_->janitor();
+  if (shutting_down_) shutdownTick();
+  if (++janitor_ticks_ % 2 != 0) return;
+  auto cfg = pools_->config();
+  for (auto& lc : ctx_.loops) {
+    session::LoopClients* l = lc.get();
+    l->loop->post([l, cfg] {
+      auto t = now();
+      // Copy: the janitor may close clients, which erases them from the set.
+      std::vector<std::shared_ptr<session::ClientSession>> clients;
+      clients.reserve(l->clients.size());
+      for (auto* c : l->clients) clients.push_back(c->shared_from_this());
+      for (auto& c : clients) c->janitor(t, cfg->settings);
+    });
+  }
+}
+
+void App::waitSignals() {
+  signals_.add(SIGINT);
+  signals_.add(SIGTERM);
+  signals_.add(SIGHUP);
+  signals_.async_wait([this](const asio::error_code& ec, int sig) {
+    if (ec) return;
+    if (sig == SIGHUP) {
+      SLOG_INFO("SIGHUP: {}", reload());
+    } else if (sig == SIGINT) {
+      SLOG_INFO("SIGINT: stop accepting, let transactions finish, exit");
+      requestShutdown(false);
+    } else {
+      SLOG_INFO("SIGTERM: stop accepting, wait for clients to disconnect, exit");
+      if (shutting_down_ && wait_for_clients_) {
+        // A second SIGTERM: stop waiting for clients, only for transactions.
+        wait_for_clients_ = false;
+      } else {
+        requestShutdown(true);
+      }
+    }
+    waitSignals();
+  });
+}
+
+std::string App::reloadConfig() {
+  std::promise<std::string> done;
+  auto f = done.get_future();
+  asio::post(control_, [this, &done] { done.set_value(reload()); });
+  return f.get();
+}
+
+void App::requestReload() {
+  asio::post(control_, [this] { SLOG_INFO("RELOAD: {}", reload()); });
+}
+
+std::string App::reload() {
+  try {
+    auto cfg = config::loadConfig(config_path_);
+    auto users = loadUsers(*cfg);
+    for (const auto& w : cfg->warnings) SLOG_WARN("{}", w);
+    const auto& a = cfg_->settings;
+    const auto& b = cfg->settings;
+    std::vector<std::string> restart;
+    if (a.listen_addr != b.listen_addr) restart.push_back("listen_addr");
+    if (a.listen_port != b.listen_port) restart.push_back("listen_port");
+    if (a.unix_socket_dir != b.unix_socket_dir) restart.push_back("unix_socket_dir");
+    if (a.workers != b.workers) restart.push_back("workers");
+    if (a.logfile != b.logfile) restart.push_back("logfile");
+    cfg_ = cfg;
+    pools_->setConfig(cfg, users);
+    std::string msg = "configuration reloaded from " + cfg->path;
+    if (!restart.empty()) {
+      msg += "; these changes need a restart to take effect:";
+      for (auto& k : restart) msg += " " + k;
+    }
+    return msg;
+  } catch (const std::exception& e) {
+    return std::string("reload failed, keeping the old configuration: ") + e.what();
+  }
+}
+
+void App::requestShutdown(bool wait_for_clients) {
+  asio::post(control_, [this, wait_for_clients] {
+    if (shutting_down_) return;
+    shutting_down_ = true;
+    wait_for_clients_ = wait_for_clients;
+    ctx_.shutting_down.store(true);
+    for (auto& a : tcp_acceptors_) {
+      asio::error_code ec;
+      a->close(ec);
+    }
+    for (auto& a : unix_acceptors_) {
+      asio::error_code ec;
+      a->close(ec);
+    }
+    shutdownTick();
+  });
+}
+
+// While shutting down: clients without a server (and so without a transaction) are told and
+// closed; clients inside a transaction keep their server until it ends. Exits when none is left.
+void App::shutdownTick() {
+  auto remaining = std::make_shared<std::atomic<int>>(0);
+  auto pending = std::make_shared<std::atomic<int>>(int(ctx_.loops.size()));
+  bool wait_clients = wait_for_clients_;
+  for (auto& lc : ctx_.loops) {
+    session::LoopClients* l = lc.get();
+    l->loop->post([this, l, remaining, pending, wait_clients] {
+      std::vector<std::shared_ptr<session::ClientSession>> clients;
+      for (auto* c : l->clients) clients.push_back(c->shared_from_this());
+      for (auto& c : clients) {
+        using S = session::ClientSession::State;
+        bool busy = c->state() == S::kActive || c->state() == S::kSyncing ||
+                    c->state() == S::kStartup || c->state() == S::kAuth;
+        if (busy || wait_clients) {
+          remaining->fetch_add(1);
+          continue;
+        }
+        protocol::ErrorInfo e;
+        e.severity = "FATAL";
+        e.sqlstate = sqlstate::kAdminShutdown;
+        e.message = "sluice is shutting down";
+        c->closeWithError(e, "shutdown");
+      }
+      if (pending->fetch_sub(1) == 1 && remaining->load() == 0) {
+        asio::post(control_, [this] {
+          SLOG_INFO("no transactions left; exiting");
+          control_.stop();
+        });
+      }
+    });
+  }
+}
+
+}  // namespace sluice::server

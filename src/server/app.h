@@ -1,0 +1,69 @@
+// App: the process. Owns the config snapshot, the worker loops, the pools, the listeners, the
+// janitor and the signal handling. Runs its own control loop on the main thread (accepting,
+// signals, janitor, reload); client and server connections live on the worker loops.
+#pragma once
+
+#include <asio.hpp>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "admin/admin_console.h"
+#include "config/config.h"
+#include "net/event_loop.h"
+#include "pool/pool_registry.h"
+#include "session/session_context.h"
+
+namespace sluice::server {
+
+class App : public admin::ControlPlane {
+ public:
+  explicit App(std::string config_path);
+  ~App();
+  // Runs until shutdown; returns the process exit code.
+  int run();
+
+  // Control operations (admin console, signals). Thread-safe: they post to the control loop.
+  void requestReload();
+  void requestShutdown(bool wait_for_clients);
+  std::string reload();  // on the control loop; returns a message
+  // admin::ControlPlane
+  std::string reloadConfig() override;
+  void shutdown(bool wait_for_clients) override { requestShutdown(wait_for_clients); }
+  session::SessionContext& context() { return ctx_; }
+  pool::PoolRegistry& pools() { return *pools_; }
+  const std::vector<std::unique_ptr<net::EventLoop>>& loops() const { return loops_; }
+  TimePoint startedAt() const { return started_at_; }
+
+ private:
+  void listen();
+  void acceptTcp(std::shared_ptr<asio::ip::tcp::acceptor> acc);
+  void acceptUnix(std::shared_ptr<asio::local::stream_protocol::acceptor> acc);
+  void handOff(int fd, int family, std::string peer);
+  void scheduleJanitor();
+  void janitorTick();
+  void waitSignals();
+  void shutdownTick();
+
+  std::string config_path_;
+  std::shared_ptr<const config::Config> cfg_;
+  asio::io_context control_{1};
+  asio::signal_set signals_{control_};
+  asio::steady_timer janitor_timer_{control_};
+  std::vector<std::unique_ptr<net::EventLoop>> loops_;
+  std::unique_ptr<pool::PoolRegistry> pools_;
+  session::SessionContext ctx_;
+  std::unique_ptr<session::AdminHandler> admin_;
+  std::vector<std::shared_ptr<asio::ip::tcp::acceptor>> tcp_acceptors_;
+  std::vector<std::shared_ptr<asio::local::stream_protocol::acceptor>> unix_acceptors_;
+  std::string unix_socket_path_;
+  size_t next_loop_ = 0;
+  int janitor_ticks_ = 0;
+  bool shutting_down_ = false;
+  bool wait_for_clients_ = false;
+  TimePoint started_at_;
+  int exit_code_ = 0;
+};
+
+}  // namespace sluice::server

@@ -1,0 +1,826 @@
+#include "session/client_session.h"
+
+#include <fmt/format.h>
+#include <strings.h>
+
+#include <algorithm>
+
+#include "common/log.h"
+#include "protocol/sqlstate.h"
+#include "protocol/wire.h"
+
+namespace sluice::session {
+
+using protocol::ErrorInfo;
+using ServerState = pool::ServerConn::State;
+
+namespace {
+constexpr size_t kReadChunk = 16 * 1024;
+constexpr size_t kHighWatermark = 512 * 1024;  // client write buffer that pauses the server
+constexpr size_t kLowWatermark = 64 * 1024;
+
+// Parameters whose value a client must always see as its own; PostgreSQL reports each of them
+// with ParameterStatus, so the server's current value is always known.
+constexpr const char* kTracked[] = {"client_encoding", "DateStyle", "TimeZone", "IntervalStyle",
+                                    "standard_conforming_strings", "application_name"};
+
+const char* trackedName(const std::string& key) {
+  for (const char* t : kTracked) {
+    if (strcasecmp(t, key.c_str()) == 0) return t;
+  }
+  return nullptr;
+}
+
+ErrorInfo makeError(const char* sqlstate, std::string message, const char* severity = "ERROR") {
+  ErrorInfo e;
+  e.severity = severity;
+  e.sqlstate = sqlstate;
+  e.message = std::move(message);
+  return e;
+}
+
+double secs(Millis m) { return m.count() / 1000.0; }
+}  // namespace
+
+ClientSession::ClientSession(SessionContext* ctx, net::EventLoop* loop, Socket socket,
+                             std::string peer)
+    : ctx_(ctx),
+      loop_(loop),
+      socket_(std::move(socket)),
+      id_(ctx->next_client_id.fetch_add(1)),
+      peer_(std::move(peer)),
+      connected_at_(now()),
+      last_activity_(connected_at_) {}
+
+ClientSession::~ClientSession() = default;
+
+std::string ClientSession::applicationName() const {
+  auto it = want_.find("application_name");
+  return it == want_.end() ? std::string() : it->second;
+}
+
+std::string ClientSession::prefix() const {
+  return fmt::format("[C{} {}/{}@{}]", id_, database_, user_, peer_);
+}
+
+void ClientSession::start() {
+  ctx_->loops[loop_->index()]->clients.insert(this);
+  ctx_->client_count.fetch_add(1);
+  startRead();
+}
+
+// ---- I/O ----
+
+void ClientSession::startRead() {
+  if (read_in_flight_ || state_ == State::kClosed || close_after_write_) return;
+  read_in_flight_ = true;
+  char* p = in_.prepare(kReadChunk);
+  auto self = shared_from_this();
+  socket_.async_read_some(asio::buffer(p, in_.writable()),
+                          [self](const asio::error_code& ec, size_t n) { self->onRead(ec, n); });
+}
+
+void ClientSession::onRead(const asio::error_code& ec, size_t n) {
+  read_in_flight_ = false;
+  if (state_ == State::kClosed) return;
+  if (ec) {
+    closeQuietly(ec == asio::error::eof ? "client closed the connection"
+                                        : "client read error: " + ec.message());
+    return;
+  }
+  in_.commit(n);
+  last_activity_ = now();
+  switch (state_) {
+    case State::kStartup:
+      processStartup();
+      break;
+    case State::kAuth:
+      processAuth();
+      break;
+    case State::kIdle:
+    case State::kActive:
+      if (is_admin_) {
+        processAdmin();
+      } else {
+        processClient();
+      }
+      break;
+    case State::kWelcome:
+    case State::kWaiting:
+    case State::kSyncing:
+      break;  // data stays buffered until a server is ready
+    case State::kClosed:
+      return;
+  }
+}
+
+void ClientSession::send(std::string_view bytes) {
+  if (state_ == State::kClosed) return;
+  out_.append(bytes);
+  flushWrites();
+}
+
+void ClientSession::flushWrites() {
+  if (write_in_flight_ || state_ == State::kClosed) return;
+  if (out_.empty()) {
+    if (close_after_write_) closeQuietly("closed after error");
+    return;
+  }
+  write_in_flight_ = true;
+  writing_.swap(out_);
+  out_.clear();
+  auto self = shared_from_this();
+  asio::async_write(socket_, asio::buffer(writing_), [self](const asio::error_code& ec, size_t) {
+    self->write_in_flight_ = false;
+    if (self->state_ == State::kClosed) return;
+    if (ec) {
+      self->closeQuietly("client write error: " + ec.message());
+      return;
+    }
+    self->writing_.clear();
+    if (self->writing_.capacity() > kHighWatermark) std::string().swap(self->writing_);
+    self->flushWrites();
+    if (self->server_ && self->out_.size() < kLowWatermark) self->server_->resumeReading();
+  });
+}
+
+bool ClientSession::wantsMore() const { return out_.size() < kHighWatermark; }
+
+void ClientSession::closeWithError(const ErrorInfo& e, const std::string& reason) {
+  if (state_ == State::kClosed) return;
+  std::string msg;
+  protocol::appendError(msg, e);
+  send(msg);
+  SLOG_INFO("{} closing: {}", prefix(), reason);
+  close_after_write_ = true;
+  if (wait_id_ && pool_) {
+    pool_->cancelWait(wait_id_);
+    wait_id_ = 0;
+  }
+  if (server_) dropServer(reason);
+  flushWrites();
+}
+
+void ClientSession::closeQuietly(const std::string& reason) {
+  if (state_ == State::kClosed) return;
+  State was = state_;
+  if (wait_id_ && pool_) {
+    pool_->cancelWait(wait_id_);
+    wait_id_ = 0;
+  }
+  if (server_) {
+    if (server_->clean() && server_->pendingCancels == 0 && was == State::kActive) {
+      if (mode_ == config::PoolMode::kSession) {
+        // Session mode: reset the server's session state before another client gets it.
+        auto server = std::move(server_);
+        auto pool = pool_;
+        server->detach();
+        std::string reset = pool->settings().server_reset_query;
+        if (reset.empty()) {
+          pool->release(server);
+        } else {
+          server->runInternal(reset, [server, pool](Status st) {
+            if (st) {
+              pool->release(server);
+            } else {
+              server->close("server_reset_query failed: " + st.message());
+            }
+          });
+        }
+      } else {
+        releaseServer();
+      }
+    } else {
+      dropServer("client disconnected with a transaction or query in progress");
+    }
+  }
+  state_ = State::kClosed;
+  if (pool_) pool_->clientLeft();
+  if (cancel_pid_) ctx_->cancels.remove(cancel_pid_, cancel_key_);
+  ctx_->loops[loop_->index()]->clients.erase(this);
+  ctx_->client_count.fetch_sub(1);
+  if (!database_.empty() && (was != State::kStartup)) {
+    SLOG_INFO("{} closing because: {} (age {:.0f} s)", prefix(), reason, secondsSince(connected_at_));
+  }
+  asio::error_code ec;
+  socket_.close(ec);
+}
+
+// ---- startup and authentication ----
+
+void ClientSession::processStartup() {
+  while (state_ == State::kStartup) {
+    if (in_.size() < 4) break;
+    uint32_t len = protocol::readU32(in_.data().data());
+    if (len < 8 || len > protocol::kMaxStartupPacket) {
+      closeWithError(makeError(sqlstate::kProtocolViolation,
+                               fmt::format("sluice: invalid startup packet length {} (at most {})",
+                                           len, protocol::kMaxStartupPacket),
+                               "FATAL"),
+                     "bad startup packet");
+      return;
+    }
+    if (in_.size() < len) break;
+    auto pkt = protocol::parseStartupPacket(in_.data().substr(0, len));
+    in_.consume(len);
+    if (std::holds_alternative<protocol::SslRequest>(pkt) ||
+        std::holds_alternative<protocol::GssEncRequest>(pkt)) {
+      send("N");  // TLS and GSS encryption are not offered (yet)
+      continue;
+    }
+    if (auto* c = std::get_if<protocol::CancelRequest>(&pkt)) {
+      if (auto target = ctx_->cancels.find(c->pid, c->key)) {
+        target->clientLoop()->post([target] { target->onCancelRequest(); });
+      }
+      closeQuietly("cancel request");
+      return;
+    }
+    if (auto* e = std::get_if<protocol::StartupError>(&pkt)) {
+      closeWithError(makeError(sqlstate::kProtocolViolation, "sluice: " + e->message, "FATAL"),
+                     "bad startup packet");
+      return;
+    }
+    if (!handleStartupMessage(std::get<protocol::StartupMessage>(pkt))) return;
+  }
+  if (state_ == State::kStartup || state_ == State::kAuth) startRead();
+}
+
+bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
+  auto cfg = ctx_->pools->config();
+  const auto& s = cfg->settings;
+  auto fatal = [&](const char* code, std::string msg) {
+    closeWithError(makeError(code, std::move(msg), "FATAL"), "login refused");
+    return false;
+  };
+  const std::string* user = m.find("user");
+  if (!user || user->empty()) return fatal(sqlstate::kInvalidAuthorization, "no user name given");
+  user_ = *user;
+  const std::string* db = m.find("database");
+  database_ = db && !db->empty() ? *db : user_;
+
+  if (ctx_->client_count.load() > s.max_client_conn) {
+    return fatal(sqlstate::kTooManyConnections,
+                 fmt::format("sluice: no more connections allowed: max_client_conn ({}) reached; "
+                             "raise max_client_conn or use fewer client connections",
+                             s.max_client_conn));
+  }
+  if (ctx_->shutting_down.load()) {
+    return fatal(sqlstate::kCannotConnectNow, "sluice is shutting down");
+  }
+  for (const auto& [k, v] : m.params) {
+    if (k == "user" || k == "database") continue;
+    if (const char* t = trackedName(k)) {
+      want_[t] = v;
+      continue;
+    }
+    std::string lk = k;
+    std::transform(lk.begin(), lk.end(), lk.begin(), ::tolower);
+    if (lk == "replication" && (v == "false" || v == "0" || v == "off" || v == "no")) continue;
+    if (std::find(s.ignore_startup_parameters.begin(), s.ignore_startup_parameters.end(), lk) !=
+        s.ignore_startup_parameters.end()) {
+      continue;
+    }
+    return fatal(sqlstate::kFeatureNotSupported,
+                 fmt::format("sluice: unsupported startup parameter: {}={} (add it to "
+                             "ignore_startup_parameters to let clients send it)",
+                             k, v));
+  }
+
+  is_admin_ = database_ == "pgbouncer" || database_ == "sluice";
+  log_connections_ = s.log_connections;
+  const std::string* secret = nullptr;
+  auto users = ctx_->pools->userList();
+  if (users) secret = users->find(user_);
+  config::AuthType type = s.auth_type;
+  if (is_admin_) {
+    bool allowed = std::find(s.admin_users.begin(), s.admin_users.end(), user_) != s.admin_users.end() ||
+                   std::find(s.stats_users.begin(), s.stats_users.end(), user_) != s.stats_users.end();
+    if (!allowed) {
+      return fatal(sqlstate::kInvalidAuthorization,
+                   "sluice: not allowed to use the admin console: \"" + user_ +
+                       "\" is in neither admin_users nor stats_users");
+    }
+  } else {
+    std::string err;
+    pool_ = ctx_->pools->get(database_, user_, &err);
+    if (!pool_) return fatal(sqlstate::kInvalidCatalogName, err);
+    mode_ = pool_->settings().mode;
+    // A password given in [databases] also authenticates clients of that user.
+    if (!secret) {
+      const auto* entry = cfg->findDatabase(database_);
+      if (entry && !entry->password.empty() && (entry->user.empty() || entry->user == user_)) {
+        secret = &entry->password;
+      }
+    }
+  }
+  if (type == config::AuthType::kTrust && users && !users->secrets.empty() && !secret &&
+      !is_admin_) {
+    // PgBouncer's rule: with trust, the user must still be listed in auth_file.
+    secret = nullptr;
+  }
+  state_ = State::kAuth;
+  auth_ = std::make_unique<auth::ClientAuth>(type, user_, secret);
+  auto step = auth_->start();
+  send(step.out);
+  if (step.outcome == auth::ClientAuth::Outcome::kFailed) {
+    SLOG_INFO("{} login failed: {}", prefix(), step.error.message);
+    close_after_write_ = true;
+    flushWrites();
+    return false;
+  }
+  if (step.outcome == auth::ClientAuth::Outcome::kOk) finishLogin();
+  return false;  // the rest of the buffer is handled by the next phase
+}
+
+void ClientSession::processAuth() {
+  while (state_ == State::kAuth) {
+    auto hdr = protocol::peekHeader(in_.data());
+    if (!hdr) break;
+    if (hdr->type != 'p' || hdr->length < 4 || hdr->length > 16 * 1024) {
+      closeWithError(makeError(sqlstate::kProtocolViolation,
+                               "sluice: expected a password message during authentication", "FATAL"),
+                     "protocol violation during auth");
+      return;
+    }
+    if (in_.size() < hdr->total()) break;
+    std::string payload(in_.data().substr(5, hdr->length - 4));
+    in_.consume(hdr->total());
+    auto step = auth_->onPasswordMessage(payload);
+    send(step.out);
+    if (step.outcome == auth::ClientAuth::Outcome::kFailed) {
+      SLOG_INFO("{} login failed: {}", prefix(), step.error.message);
+      close_after_write_ = true;
+      flushWrites();
+      return;
+    }
+    if (step.outcome == auth::ClientAuth::Outcome::kOk) {
+      if (auto key = auth_->scramClientKey(); key && pool_) pool_->learnScramClientKey(*key);
+      finishLogin();
+      return;
+    }
+  }
+  if (state_ == State::kAuth) startRead();
+}
+
+void ClientSession::finishLogin() {
+  auth_.reset();
+  auto [pid, key] = ctx_->cancels.add(shared_from_this());
+  cancel_pid_ = pid;
+  cancel_key_ = key;
+  if (is_admin_) {
+    std::string out;
+    for (auto [k, v] : std::initializer_list<std::pair<const char*, const char*>>{
+             {"server_version", "15.0 (sluice " SLUICE_VERSION ")"},
+             {"client_encoding", "UTF8"},
+             {"server_encoding", "UTF8"},
+             {"DateStyle", "ISO, MDY"},
+             {"TimeZone", "UTC"},
+             {"standard_conforming_strings", "on"},
+             {"integer_datetimes", "on"}}) {
+      protocol::appendParameterStatus(out, k, v);
+    }
+    protocol::appendBackendKeyData(out, cancel_pid_, cancel_key_);
+    protocol::appendReadyForQuery(out, 'I');
+    send(out);
+    state_ = State::kIdle;
+    processAdmin();
+    startRead();
+    return;
+  }
+  pool_->clientJoined();
+  if (pool_->hasWelcome()) {
+    sendWelcome();
+    return;
+  }
+  // First client of a pool: a server login tells us what PostgreSQL reports at startup.
+  state_ = State::kWelcome;
+  wait_started_ = now();
+  auto r = pool_->acquire(shared_from_this(), applicationName().empty() ? user_ : applicationName());
+  if (r.server) {
+    onServerAssigned(std::move(r.server));
+  } else {
+    wait_id_ = r.wait_id;
+  }
+}
+
+void ClientSession::sendWelcome() {
+  std::string out;
+  for (auto& [k, v] : pool_->welcome()) {
+    auto it = want_.find(k);
+    if (it == want_.end()) want_[k] = v;  // tracked parameters start at the server's value
+    protocol::appendParameterStatus(out, k, it == want_.end() ? v : it->second);
+  }
+  protocol::appendBackendKeyData(out, cancel_pid_, cancel_key_);
+  protocol::appendReadyForQuery(out, 'I');
+  send(out);
+  state_ = State::kIdle;
+  if (log_connections_) SLOG_INFO("{} login ok", prefix());
+  processClient();
+}
+
+// ---- the relay ----
+
+void ClientSession::processClient() {
+  std::string_view data = in_.data();
+  size_t pos = 0;
+  size_t fwd_start = 0;
+  auto forward = [&](size_t end) {
+    if (end > fwd_start) server_->send(data.substr(fwd_start, end - fwd_start));
+    fwd_start = end;
+  };
+  const int64_t max_packet = ctx_->pools->config()->settings.max_packet_size;
+  while (pos < data.size() && (state_ == State::kIdle || state_ == State::kActive)) {
+    if (discard_left_ > 0) {
+      size_t n = std::min(discard_left_, data.size() - pos);
+      pos += n;
+      discard_left_ -= n;
+      fwd_start = pos;
+      continue;
+    }
+    if (passthrough_left_ > 0) {
+      size_t n = std::min(passthrough_left_, data.size() - pos);
+      pos += n;
+      passthrough_left_ -= n;
+      continue;
+    }
+    auto hdr = protocol::peekHeader(data.substr(pos));
+    if (!hdr) break;
+    if (hdr->length < 4 || int64_t(hdr->length) > max_packet) {
+      if (server_) forward(pos);
+      closeWithError(
+          makeError(sqlstate::kProtocolViolation,
+                    fmt::format("sluice: invalid message length {} for message type '{}' (max_packet_size is {})",
+                                hdr->length, hdr->type, max_packet),
+                    "FATAL"),
+          "bad message length");
+      return;
+    }
+    char t = hdr->type;
+    if (t == 'X') {
+      if (server_) forward(pos);
+      in_.consume(pos + std::min(hdr->total(), data.size() - pos));
+      closeQuietly("client sent Terminate");
+      return;
+    }
+    if (!server_) {
+      // A new request: borrow a server first; the bytes wait in the buffer.
+      in_.consume(pos);
+      if (!needServer()) return;
+      data = in_.data();
+      pos = fwd_start = 0;
+      continue;
+    }
+    switch (t) {
+      case 'Q':
+      case 'F':
+        server_->noteQueryForwarded();
+        if (server_->owedReady() == 1) request_started_ = now();
+        break;
+      case 'S':
+        server_->noteQueryForwarded();
+        server_->setUnsynced(false);
+        if (server_->owedReady() == 1) request_started_ = now();
+        break;
+      case 'P':
+      case 'B':
+      case 'D':
+      case 'E':
+      case 'C':
+      case 'H':
+        server_->setUnsynced(true);
+        break;
+      case 'd':
+      case 'c':
+      case 'f':
+        break;
+      default:
+        forward(pos);
+        closeWithError(makeError(sqlstate::kProtocolViolation,
+                                 fmt::format("sluice: unknown message type '{}'", t), "FATAL"),
+                       "protocol violation");
+        return;
+    }
+    size_t n = std::min(hdr->total(), data.size() - pos);
+    passthrough_left_ = hdr->total() - n;
+    pos += n;
+  }
+  if (server_) forward(pos);
+  in_.consume(pos);
+  if (state_ == State::kIdle || state_ == State::kActive) {
+    if (in_.empty()) in_.shrinkIfEmpty();
+    startRead();
+  }
+}
+
+bool ClientSession::needServer() {
+  if (ctx_->paused.load()) {
+    // PAUSE: requests wait in the queue like any other until RESUME.
+  }
+  state_ = State::kWaiting;
+  wait_started_ = now();
+  auto r = pool_->acquire(shared_from_this(), applicationName().empty() ? user_ : applicationName());
+  if (r.server) {
+    attachServer(std::move(r.server));
+    return state_ == State::kActive;
+  }
+  wait_id_ = r.wait_id;
+  return false;
+}
+
+void ClientSession::onServerAssigned(std::shared_ptr<pool::ServerConn> server) {
+  if (server->state() == ServerState::kClosed) {
+    // It died on the way; ask again if still interested.
+    if (state_ == State::kWaiting || state_ == State::kWelcome) {
+      auto r = pool_->acquire(shared_from_this(), applicationName().empty() ? user_ : applicationName());
+      if (r.server) {
+        onServerAssigned(std::move(r.server));
+      } else {
+        wait_id_ = r.wait_id;
+      }
+    }
+    return;
+  }
+  if (state_ != State::kWaiting && state_ != State::kWelcome) {
+    // Nobody wants it any more (cancelled or disconnected meanwhile).
+    pool_->release(std::move(server));
+    return;
+  }
+  wait_id_ = 0;
+  if (state_ == State::kWelcome) {
+    server->attach(this);
+    server_ = std::move(server);
+    releaseServer();
+    sendWelcome();
+    return;
+  }
+  attachServer(std::move(server));
+  if (state_ == State::kActive) processClient();
+}
+
+void ClientSession::attachServer(std::shared_ptr<pool::ServerConn> server) {
+  server_ = std::move(server);
+  server_->attach(this);
+  std::string sql = syncSql();
+  if (sql.empty()) {
+    state_ = State::kActive;
+    return;
+  }
+  state_ = State::kSyncing;
+  auto self = shared_from_this();
+  server_->runInternal(sql, [self](Status st) {
+    if (self->state_ != State::kSyncing) return;
+    if (!st) {
+      self->closeWithError(makeError(sqlstate::kInvalidParameterValue,
+                                     "sluice: could not apply client parameters on the server: " +
+                                         st.message(),
+                                     "FATAL"),
+                           "parameter sync failed");
+      return;
+    }
+    self->state_ = State::kActive;
+    self->processClient();
+  });
+}
+
+std::string ClientSession::syncSql() const {
+  std::string sql;
+  const auto& have = server_->params();
+  for (const auto& [k, v] : want_) {
+    auto it = have.find(k);
+    if (it != have.end() && it->second == v) continue;
+    std::string name = k;
+    std::transform(name.begin(), name.end(), name.begin(), ::tolower);
+    sql += "SET " + name + " TO " + protocol::quoteLiteral(v) + ";";
+  }
+  return sql;
+}
+
+void ClientSession::onServerData(std::string_view bytes) {
+  out_.append(bytes);
+  flushWrites();
+}
+
+void ClientSession::onServerReady() {
+  if (!server_) return;
+  if (server_->txStatus() != 'I' && mode_ == config::PoolMode::kStatement) {
+    closeWithError(makeError(sqlstate::kFeatureNotSupported,
+                             "sluice: transaction blocks are not allowed in statement pool mode "
+                             "(pool_mode = statement for " +
+                                 pool_->name() + ")",
+                             "FATAL"),
+                   "transaction in statement mode");
+    return;
+  }
+  if (mode_ == config::PoolMode::kSession) return;
+  if (passthrough_left_ > 0) return;  // part of the next message is already on its way
+  releaseServer();
+  state_ = State::kIdle;
+}
+
+void ClientSession::releaseServer() {
+  if (!server_) return;
+  if (server_->pendingCancels > 0) {
+    release_when_cancelled_ = true;  // a cancel for this server is still in flight
+    return;
+  }
+  // Whatever the client changed with SET is its own from now on.
+  for (auto& [k, v] : want_) {
+    auto it = server_->params().find(k);
+    if (it != server_->params().end()) v = it->second;
+  }
+  auto s = std::move(server_);
+  pool_->release(std::move(s));
+}
+
+void ClientSession::dropServer(const std::string& reason) {
+  if (!server_) return;
+  auto s = std::move(server_);
+  s->detach();
+  s->close(reason);
+}
+
+void ClientSession::onServerGone(const ErrorInfo& error) {
+  server_.reset();
+  ErrorInfo e = error;
+  e.severity = "FATAL";
+  e.message = "sluice: server connection lost: " + error.message;
+  closeWithError(e, "server connection lost");
+}
+
+void ClientSession::onAcquireFailed(const ErrorInfo& error) {
+  if (state_ != State::kWaiting && state_ != State::kWelcome) return;
+  wait_id_ = 0;
+  ErrorInfo e = error;
+  if (state_ == State::kWelcome) e.severity = "FATAL";
+  closeWithError(e, "no server connection: " + error.message);
+}
+
+void ClientSession::onCancelRequest() {
+  if (state_ == State::kWaiting && wait_id_ && pool_->cancelWait(wait_id_)) {
+    // The request never reached a server: answer it as PostgreSQL would and drop its bytes.
+    wait_id_ = 0;
+    size_t buffered = in_.size();
+    in_.consume(buffered);
+    discard_left_ = passthrough_left_;
+    passthrough_left_ = 0;
+    std::string out;
+    protocol::appendError(out, makeError(sqlstate::kQueryCanceled,
+                                         "canceling statement due to user request"));
+    protocol::appendReadyForQuery(out, 'I');
+    send(out);
+    state_ = State::kIdle;
+    startRead();
+    return;
+  }
+  if (!server_ || state_ != State::kActive) return;
+  // Forward to PostgreSQL on a connection of its own, with the server's key.
+  auto server = server_;
+  const auto& login = server->login();
+  ++server->pendingCancels;
+  auto sock = std::make_shared<Socket>(loop_->context());
+  auto self = shared_from_this();
+  auto buf = std::make_shared<std::string>();
+  protocol::appendCancelRequest(*buf, server->backendPid(), server->backendKey());
+  auto finish = [self, server, sock](const asio::error_code&) {
+    asio::error_code ec;
+    sock->close(ec);
+    if (--server->pendingCancels == 0 && self->release_when_cancelled_) {
+      self->release_when_cancelled_ = false;
+      if (self->server_ == server && self->server_->clean()) {
+        self->releaseServer();
+        if (self->state_ == State::kActive) self->state_ = State::kIdle;
+        self->processClient();
+      }
+    }
+  };
+  auto on_connect = [sock, buf, finish](const asio::error_code& ec) {
+    if (ec) return finish(ec);
+    asio::async_write(*sock, asio::buffer(*buf), [sock, buf, finish](const asio::error_code& ec, size_t) {
+      if (ec) return finish(ec);
+      // PostgreSQL closes the connection once it has processed the request.
+      auto byte = std::make_shared<char>();
+      sock->async_read_some(asio::buffer(byte.get(), 1),
+                            [finish, byte](const asio::error_code& ec, size_t) { finish(ec); });
+    });
+  };
+  if (login.host.empty() || login.host[0] == '/') {
+    std::string dir = login.host.empty() ? login.unix_dir : login.host;
+    asio::local::stream_protocol::endpoint ep(fmt::format("{}/.s.PGSQL.{}", dir, login.port));
+    sock->async_connect(asio::generic::stream_protocol::endpoint(ep.data(), ep.size()), on_connect);
+  } else {
+    // Connect to the address the server connection itself uses.
+    asio::error_code ec;
+    auto addr = asio::ip::make_address(login.host, ec);
+    if (ec) addr = asio::ip::make_address("127.0.0.1");
+    asio::ip::tcp::endpoint ep(addr, uint16_t(login.port));
+    sock->async_connect(asio::generic::stream_protocol::endpoint(ep.data(), ep.size()), on_connect);
+  }
+}
+
+// ---- timeouts (per-loop janitor) ----
+
+void ClientSession::janitor(TimePoint t, const config::Settings& s) {
+  auto over = [&](TimePoint since, Millis limit) {
+    return limit.count() > 0 && since != TimePoint{} && t - since >= limit;
+  };
+  switch (state_) {
+    case State::kStartup:
+    case State::kAuth:
+      if (over(connected_at_, s.client_login_timeout)) {
+        closeWithError(makeError(sqlstate::kProtocolViolation,
+                                 fmt::format("sluice: client_login_timeout ({} s) expired before "
+                                             "login completed",
+                                             secs(s.client_login_timeout)),
+                                 "FATAL"),
+                       "client_login_timeout");
+      }
+      break;
+    case State::kIdle:
+      if (over(last_activity_, s.client_idle_timeout)) {
+        closeWithError(makeError(sqlstate::kIdleSessionTimeout,
+                                 fmt::format("sluice: client_idle_timeout ({} s): the connection "
+                                             "was idle too long",
+                                             secs(s.client_idle_timeout)),
+                                 "FATAL"),
+                       "client_idle_timeout");
+      }
+      break;
+    case State::kActive: {
+      if (!server_) break;
+      if (server_->owedReady() > 0) {
+        if (over(request_started_, s.query_timeout)) {
+          closeWithError(makeError(sqlstate::kQueryCanceled,
+                                   fmt::format("sluice: query_timeout ({} s) exceeded; the query "
+                                               "was stopped and the connection closed",
+                                               secs(s.query_timeout)),
+                                   "FATAL"),
+                         "query_timeout");
+        }
+      } else if (server_->txStatus() != 'I') {
+        if (over(last_activity_, s.idle_transaction_timeout)) {
+          closeWithError(
+              makeError(sqlstate::kIdleInTransactionTimeout,
+                        fmt::format("sluice: idle_transaction_timeout ({} s): the transaction was "
+                                    "idle too long and was rolled back; its server connection "
+                                    "went back to the pool",
+                                    secs(s.idle_transaction_timeout)),
+                        "FATAL"),
+              "idle_transaction_timeout");
+        }
+      } else if (over(last_activity_, s.client_idle_timeout)) {
+        closeWithError(makeError(sqlstate::kIdleSessionTimeout,
+                                 fmt::format("sluice: client_idle_timeout ({} s): the connection "
+                                             "was idle too long",
+                                             secs(s.client_idle_timeout)),
+                                 "FATAL"),
+                       "client_idle_timeout");
+      }
+      break;
+    }
+    case State::kWelcome:
+    case State::kWaiting:
+    case State::kSyncing:
+    case State::kClosed:
+      break;
+  }
+}
+
+// ---- admin console ----
+
+void ClientSession::processAdmin() {
+  while (state_ == State::kIdle) {
+    auto hdr = protocol::peekHeader(in_.data());
+    if (!hdr) break;
+    if (hdr->length < 4 || hdr->length > 1024 * 1024) {
+      closeWithError(makeError(sqlstate::kProtocolViolation, "sluice: invalid message length", "FATAL"),
+                     "bad admin message");
+      return;
+    }
+    if (in_.size() < hdr->total()) break;
+    std::string payload(in_.data().substr(5, hdr->length - 4));
+    in_.consume(hdr->total());
+    if (hdr->type == 'X') {
+      closeQuietly("client sent Terminate");
+      return;
+    }
+    std::string out;
+    if (hdr->type != 'Q') {
+      protocol::appendError(out, makeError(sqlstate::kFeatureNotSupported,
+                                           "sluice: the admin console accepts only simple queries"));
+      if (hdr->type != 'S') continue;  // answer once, at the Sync
+    } else {
+      std::string sql = payload.substr(0, payload.find('\0'));
+      if (ctx_->admin) {
+        out = ctx_->admin->execute(*this, sql);
+      } else {
+        protocol::appendError(out, makeError(sqlstate::kFeatureNotSupported,
+                                             "sluice: admin console not available"));
+      }
+    }
+    protocol::appendReadyForQuery(out, 'I');
+    send(out);
+  }
+  if (state_ == State::kIdle) startRead();
+}
+
+}  // namespace sluice::session

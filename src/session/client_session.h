@@ -1,0 +1,133 @@
+// ClientSession: one client connection and the relay between it and the server it borrows.
+// Owned by shared_ptr (held by its own pending I/O handlers and, while waiting, by its Pool's
+// wait queue); belongs to one EventLoop and is touched only from its thread.
+//
+// Life: startup packet -> authentication -> welcome (ParameterStatus, BackendKeyData,
+// ReadyForQuery) -> idle. The first message of a transaction borrows a server from the pool
+// (waiting if none is free), syncs the client's tracked parameters onto it, then bytes flow both
+// ways untouched until the server reports ReadyForQuery with nothing owed: in transaction and
+// statement mode the server goes back to the pool there; in session mode at disconnect.
+#pragma once
+
+#include <asio.hpp>
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "auth/client_auth.h"
+#include "common/clock.h"
+#include "net/buffer.h"
+#include "net/event_loop.h"
+#include "pool/pool.h"
+#include "pool/server_conn.h"
+#include "session/session_context.h"
+
+namespace sluice::session {
+
+using Socket = asio::generic::stream_protocol::socket;
+
+class ClientSession : public pool::PoolClient,
+                      public pool::ServerListener,
+                      public std::enable_shared_from_this<ClientSession> {
+ public:
+  enum class State {
+    kStartup,   // reading the startup packet
+    kAuth,      // authentication exchange
+    kWelcome,   // logged in, waiting for a first server login to learn the welcome parameters
+    kIdle,      // logged in, no server
+    kWaiting,   // in the pool's wait queue
+    kSyncing,   // server assigned, sluice's parameter sync running on it
+    kActive,    // server assigned, relaying
+    kClosed,
+  };
+
+  ClientSession(SessionContext* ctx, net::EventLoop* loop, Socket socket, std::string peer);
+  ~ClientSession() override;
+  void start();
+
+  // Events from other components (on this loop).
+  void onCancelRequest();
+  void janitor(TimePoint t, const config::Settings& s);
+  void closeWithError(const protocol::ErrorInfo& e, const std::string& reason);
+
+  // PoolClient
+  void onServerAssigned(std::shared_ptr<pool::ServerConn> server) override;
+  void onAcquireFailed(const protocol::ErrorInfo& error) override;
+  net::EventLoop* clientLoop() const override { return loop_; }
+  // ServerListener
+  void onServerData(std::string_view bytes) override;
+  void onServerReady() override;
+  void onServerGone(const protocol::ErrorInfo& error) override;
+  bool wantsMore() const override;
+
+  // For the admin console and logs.
+  uint64_t id() const { return id_; }
+  State state() const { return state_; }
+  const std::string& user() const { return user_; }
+  const std::string& database() const { return database_; }
+  const std::string& peer() const { return peer_; }
+  std::string applicationName() const;
+  TimePoint connectedAt() const { return connected_at_; }
+  TimePoint requestStartedAt() const { return request_started_; }
+  const pool::ServerConn* server() const { return server_.get(); }
+  std::string prefix() const;  // "[C42 app/alice@10.0.0.5:51234]"
+  uint32_t cancelPid() const { return cancel_pid_; }
+
+ private:
+  void startRead();
+  void onRead(const asio::error_code& ec, size_t n);
+  void send(std::string_view bytes);
+  void flushWrites();
+  void closeQuietly(const std::string& reason);  // no error to the client
+
+  void processStartup();
+  bool handleStartupMessage(const protocol::StartupMessage& m);
+  void processAuth();
+  void finishLogin();
+  void sendWelcome();
+  void processClient();   // relays the client's messages while logged in
+  void processAdmin();
+  bool needServer();      // returns true if a server is attached and ready to relay
+  void attachServer(std::shared_ptr<pool::ServerConn> server);
+  void releaseServer();
+  void dropServer(const std::string& reason);  // close it: its state is unknown
+  std::string syncSql() const;
+
+  SessionContext* ctx_;
+  net::EventLoop* loop_;
+  Socket socket_;
+  uint64_t id_;
+  std::string peer_;
+  State state_ = State::kStartup;
+  bool is_admin_ = false;
+  bool log_connections_ = true;
+
+  net::ByteBuffer in_;
+  std::string out_;
+  std::string writing_;
+  bool write_in_flight_ = false;
+  bool read_in_flight_ = false;
+  bool close_after_write_ = false;
+  size_t passthrough_left_ = 0;  // bytes of a relayed client message not yet read
+  size_t discard_left_ = 0;      // bytes of a cancelled message still to drop
+
+  std::string user_;
+  std::string database_;
+  std::map<std::string, std::string> want_;  // tracked parameters as this client should see them
+  std::unique_ptr<auth::ClientAuth> auth_;
+  std::shared_ptr<pool::Pool> pool_;
+  config::PoolMode mode_ = config::PoolMode::kSession;
+  std::shared_ptr<pool::ServerConn> server_;
+  uint64_t wait_id_ = 0;
+  bool release_when_cancelled_ = false;  // release deferred until pending cancels finish
+  uint32_t cancel_pid_ = 0;
+  uint32_t cancel_key_ = 0;
+
+  TimePoint connected_at_;
+  TimePoint last_activity_;
+  TimePoint request_started_;
+  TimePoint wait_started_;
+};
+
+}  // namespace sluice::session

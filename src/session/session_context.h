@@ -1,0 +1,45 @@
+// SessionContext: what every ClientSession shares: the pools, the cancel registry, global client
+// counts and the admin console. Owned by the App, outlives every session; members are
+// thread-safe (atomics, or classes with their own locks).
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "net/event_loop.h"
+#include "pool/pool_registry.h"
+#include "session/cancel_registry.h"
+
+namespace sluice::session {
+
+class ClientSession;
+
+// Answers the admin console's SQL. Implemented in src/admin; called on the session's loop.
+class AdminHandler {
+ public:
+  virtual ~AdminHandler() = default;
+  // Returns the complete reply (rows, CommandComplete or ErrorResponse), without ReadyForQuery.
+  virtual std::string execute(ClientSession& session, const std::string& sql) = 0;
+};
+
+// Per-loop state: the clients that live on that loop (for the janitor and SHOW CLIENTS).
+struct LoopClients {
+  net::EventLoop* loop = nullptr;
+  std::unordered_set<ClientSession*> clients;  // touched only on `loop`
+};
+
+struct SessionContext {
+  pool::PoolRegistry* pools = nullptr;
+  CancelRegistry cancels;
+  AdminHandler* admin = nullptr;
+  std::vector<std::unique_ptr<LoopClients>> loops;  // indexed by EventLoop::index()
+  std::atomic<int> client_count{0};                 // for max_client_conn
+  std::atomic<bool> paused{false};
+  std::atomic<bool> shutting_down{false};
+  std::atomic<uint64_t> next_client_id{1};
+};
+
+}  // namespace sluice::session
