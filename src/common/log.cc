@@ -15,7 +15,7 @@ void initLogging(const std::string& logfile, int verbose) {
     sinks.push_back(std::make_shared<spdlog::sinks::basic_file_sink_mt>(logfile));
   }
   auto logger = std::make_shared<spdlog::logger>("sluice", sinks.begin(), sinks.end());
-  logger->set_pattern("%Y-%m-%d %H:%M:%S.%e %Z [%P] %^%l%$ %v");
+  logger->set_pattern("%Y-%m-%d %H:%M:%S.%e [%P] %^%l%$ %v");
   logger->set_level(verbose >= 2 ? spdlog::level::trace
                     : verbose == 1 ? spdlog::level::debug
                                    : spdlog::level::info);

@@ -100,11 +100,17 @@ bool contains(const std::string_view (&list)[N], std::string_view s) {
 
 // ---- values --------------------------------------------------------------------------------
 
-// `where` is "FILE:LINE" or "FILE:LINE: database 'x'".
+// Throws ConfigError("<where>: <parts...>"). `where` is "FILE:LINE" or "FILE:LINE: database 'x'".
+template <typename... Parts>
+[[noreturn]] void fail(const std::string& where, const Parts&... parts) {
+  std::string message = where + ": ";
+  (message.append(parts), ...);
+  throw ConfigError(message);
+}
+
 [[noreturn]] void throwBadValue(const std::string& where, std::string_view key,
                                 std::string_view value, std::string_view expected) {
-  throw ConfigError(where + ": " + std::string(key) + " = '" + std::string(value) +
-                    "': " + std::string(expected));
+  fail(where, key, " = '", value, "': ", expected);
 }
 
 int intValue(const std::string& where, std::string_view key, std::string_view value, int min,
@@ -193,7 +199,7 @@ std::vector<std::pair<std::string, std::string>> splitConnString(std::string_vie
     std::string key(s.substr(start, i - start));
     skipSpace();
     if (key.empty() || i == s.size() || s[i] != '=') {
-      throw ConfigError(what + ": expected key=value at '" + std::string(s.substr(start)) + "'");
+      fail(what, "expected key=value at '", s.substr(start), "'");
     }
     ++i;
     skipSpace();
@@ -201,7 +207,7 @@ std::vector<std::pair<std::string, std::string>> splitConnString(std::string_vie
     if (i < s.size() && s[i] == '\'') {
       for (++i;; ++i) {
         if (i == s.size()) {
-          throw ConfigError(what + ": unterminated quoted value for " + key);
+          fail(what, "unterminated quoted value for ", key);
         }
         char next = i + 1 < s.size() ? s[i + 1] : '\0';
         if ((s[i] == '\\' && (next == '\'' || next == '\\')) || (s[i] == '\'' && next == '\'')) {
@@ -213,7 +219,7 @@ std::vector<std::pair<std::string, std::string>> splitConnString(std::string_vie
         }
       }
       if (++i < s.size() && !isSpace(s[i])) {
-        throw ConfigError(what + ": expected a space after the quoted value of " + key);
+        fail(what, "expected a space after the quoted value of ", key);
       }
     } else {
       while (i < s.size() && !isSpace(s[i])) {
@@ -376,7 +382,7 @@ class Loader {
     if (line[0] == '[') {
       size_t close = line.find(']');
       if (close == std::string_view::npos || close + 1 != line.size()) {
-        throw ConfigError(where + ": syntax error: expected '[section]'");
+        fail(where, "syntax error: expected '[section]'");
       }
       return setSection(trim(line.substr(1, close - 1)), where);
     }
@@ -386,7 +392,7 @@ class Loader {
     if (size_t i = 0; line[0] == '"') {
       std::optional<std::string> quoted = readDoubleQuoted(line, i);
       if (!quoted) {
-        throw ConfigError(where + ": syntax error: unterminated quoted name");
+        fail(where, "syntax error: unterminated quoted name");
       }
       key = std::move(*quoted);
       rest = trim(line.substr(i));
@@ -399,13 +405,12 @@ class Loader {
       }
     }
     if (rest.empty() || rest[0] != '=') {
-      throw ConfigError(where + ": syntax error: expected 'key = value', '[section]' or " +
-                        "'%include file'");
+      fail(where, "syntax error: expected 'key = value', '[section]' or '%include file'");
     }
     std::string_view value = trim(rest.substr(1));
     switch (section_) {
       case Section::kNone:
-        throw ConfigError(where + ": '" + key + "' is outside of any section");
+        fail(where, "'", key, "' is outside of any section");
       case Section::kSettings:
         return setSetting(key, value, where);
       case Section::kDatabases:
@@ -420,9 +425,9 @@ class Loader {
   }
 
   void include(std::string_view file, const std::string& from, const std::string& where) {
-    std::string prefix = where + ": %include '" + std::string(file) + "': ";
+    std::string prefix = where + ": %include '" + std::string(file) + "'";
     if (file.empty()) {
-      throw ConfigError(where + ": %include needs a file name");
+      fail(where, "%include needs a file name");
     }
     std::string target =
         absolutePath(std::string(file), std::filesystem::path(from).parent_path().string());
@@ -431,13 +436,12 @@ class Loader {
       for (const std::string& f : include_stack_) {
         chain += f + " -> ";
       }
-      throw ConfigError(prefix + "include loop (" + chain + target + ")");
+      fail(prefix, "include loop (", chain, target, ")");
     }
     if (include_stack_.size() > kMaxIncludeDepth) {
-      throw ConfigError(prefix + "includes nested more than " + std::to_string(kMaxIncludeDepth) +
-                        " deep");
+      fail(prefix, "includes nested more than ", std::to_string(kMaxIncludeDepth), " deep");
     }
-    parseFile(readTextFile(target, prefix), target);
+    parseFile(readTextFile(target, prefix + ": "), target);
   }
 
   void setSection(std::string_view name, const std::string& where) {
@@ -453,8 +457,8 @@ class Loader {
       section_ = Section::kPeers;
       notImplemented(where, "[peers]");
     } else {
-      throw ConfigError(where + ": unknown section [" + std::string(name) +
-                        "]; expected [databases], [users], [pgbouncer] or [sluice]");
+      fail(where, "unknown section [", name,
+           "]; expected [databases], [users], [pgbouncer] or [sluice]");
     }
   }
 
@@ -488,7 +492,7 @@ class Loader {
                    int line) {
     std::string what = where + ": database '" + name + "'";
     if (name.empty()) {
-      throw ConfigError(where + ": empty database name");
+      fail(where, "empty database name");
     }
     if (auto [it, added] = database_at_.emplace(name, where); !added) {
       throw ConfigError(what + " is already defined at " + it->second);
@@ -528,11 +532,11 @@ class Loader {
       } else if (contains(kUnimplementedDatabaseKeys, lower)) {
         notImplemented(where, key);
       } else {
-        throw ConfigError(what + ": unknown parameter '" + key +
-                          "'; expected host, port, dbname, user, password, auth_user, "
-                          "pool_size, min_pool_size, reserve_pool, max_db_connections, pool_mode, "
-                          "client_encoding, datestyle, timezone, application_name or "
-                          "connect_query");
+        fail(what, "unknown parameter '", key,
+             "'; expected host, port, dbname, user, password, auth_user, "
+             "pool_size, min_pool_size, reserve_pool, max_db_connections, pool_mode, "
+             "client_encoding, datestyle, timezone, application_name or "
+             "connect_query");
       }
     }
     config_.databases.push_back(std::move(db));
@@ -541,7 +545,7 @@ class Loader {
   void addUser(const std::string& name, std::string_view params, const std::string& where) {
     std::string what = where + ": user '" + name + "'";
     if (name.empty()) {
-      throw ConfigError(where + ": empty user name");
+      fail(where, "empty user name");
     }
     if (auto [it, added] = user_at_.emplace(name, where); !added) {
       throw ConfigError(what + " is already defined at " + it->second);
@@ -559,8 +563,8 @@ class Loader {
       } else if (contains(kUnimplementedUserKeys, lower)) {
         notImplemented(where, key);
       } else {
-        throw ConfigError(what + ": unknown parameter '" + key +
-                          "'; expected pool_mode, max_user_connections or pool_size");
+        fail(what, "unknown parameter '", key,
+             "'; expected pool_mode, max_user_connections or pool_size");
       }
     }
     config_.users.push_back(std::move(user));

@@ -35,6 +35,12 @@ std::string userListErrorOf(const std::string& text) {
   return "no error";
 }
 
+// The warning for an unimplemented PgBouncer key at kPath:line.
+std::string notImplemented(int line, const std::string& key) {
+  return std::string(kPath) + ":" + std::to_string(line) + ": '" + key +
+         "' is not implemented by sluice yet; ignored";
+}
+
 // A scratch directory removed at scope exit.
 class TempDir {
  public:
@@ -372,21 +378,16 @@ autodb_idle_timeout = 3600
 listen_port = 6433
 )");
   EXPECT_EQ(config->settings.listen_port, 6433);
+  ASSERT_FALSE(config->warnings.empty());
+  EXPECT_EQ(config->warnings[0],
+            "/etc/sluice.ini:2: 'tcp_keepalive' is not implemented by sluice yet; ignored");
   EXPECT_EQ(config->warnings,
             (std::vector<std::string>{
-                "/etc/sluice.ini:2: 'tcp_keepalive' is not implemented by sluice yet; ignored",
-                "/etc/sluice.ini:3: 'tcp_keepidle' is not implemented by sluice yet; ignored",
-                "/etc/sluice.ini:4: 'TCP_KEEPINTVL' is not implemented by sluice yet; ignored",
-                "/etc/sluice.ini:5: 'dns_max_ttl' is not implemented by sluice yet; ignored",
-                "/etc/sluice.ini:6: 'syslog' is not implemented by sluice yet; ignored",
-                "/etc/sluice.ini:7: 'user' is not implemented by sluice yet; ignored",
-                "/etc/sluice.ini:8: 'server_tls_ca_file' is not implemented by sluice yet; "
-                "ignored",
-                "/etc/sluice.ini:9: 'client_tls_cert_file' is not implemented by sluice yet; "
-                "ignored",
-                "/etc/sluice.ini:10: 'autodb_idle_timeout' is not implemented by sluice yet; "
-                "ignored",
-            }));
+                notImplemented(2, "tcp_keepalive"), notImplemented(3, "tcp_keepidle"),
+                notImplemented(4, "TCP_KEEPINTVL"), notImplemented(5, "dns_max_ttl"),
+                notImplemented(6, "syslog"), notImplemented(7, "user"),
+                notImplemented(8, "server_tls_ca_file"), notImplemented(9, "client_tls_cert_file"),
+                notImplemented(10, "autodb_idle_timeout")}));
 }
 
 TEST(ConfigTest, UnknownKeyWarns) {
@@ -408,15 +409,9 @@ TEST(ConfigTest, TlsSslModesWarn) {
   auto config = parse(
       "[pgbouncer]\nclient_tls_sslmode = prefer\nclient_tls_sslmode = require\n"
       "server_tls_sslmode = verify-full\n");
-  EXPECT_EQ(config->warnings,
-            (std::vector<std::string>{
-                "/etc/sluice.ini:2: 'client_tls_sslmode' is not implemented by sluice yet; "
-                "ignored",
-                "/etc/sluice.ini:3: 'client_tls_sslmode' is not implemented by sluice yet; "
-                "ignored",
-                "/etc/sluice.ini:4: 'server_tls_sslmode' is not implemented by sluice yet; "
-                "ignored",
-            }));
+  EXPECT_EQ(config->warnings, (std::vector<std::string>{notImplemented(2, "client_tls_sslmode"),
+                                                        notImplemented(3, "client_tls_sslmode"),
+                                                        notImplemented(4, "server_tls_sslmode")}));
   EXPECT_EQ(errorOf("[pgbouncer]\nserver_tls_sslmode = on\n"),
             "/etc/sluice.ini:2: server_tls_sslmode = 'on': expected disable, allow, prefer, "
             "require, verify-ca or verify-full");
@@ -543,10 +538,7 @@ TEST(ConfigTest, UnterminatedQuoteIsAnError) {
 TEST(ConfigTest, NewerPgBouncerDatabaseKeysWarn) {
   auto config = parse("[databases]\napp = host=a load_balance_hosts=round-robin\n");
   ASSERT_EQ(config->databases.size(), 1u);
-  EXPECT_EQ(config->warnings,
-            (std::vector<std::string>{
-                "/etc/sluice.ini:2: 'load_balance_hosts' is not implemented by sluice yet; "
-                "ignored"}));
+  EXPECT_EQ(config->warnings, (std::vector<std::string>{notImplemented(2, "load_balance_hosts")}));
 }
 
 TEST(ConfigTest, UsersSection) {
@@ -858,12 +850,9 @@ dns_max_ttl = 15
   EXPECT_FALSE(s.log_connections);
   EXPECT_FALSE(s.log_disconnections);
   EXPECT_EQ(s.server_connect_timeout, milliseconds(15000));
-  EXPECT_EQ(config->warnings,
-            (std::vector<std::string>{
-                "/etc/sluice.ini:116: 'tcp_keepalive' is not implemented by sluice yet; ignored",
-                "/etc/sluice.ini:117: 'tcp_keepidle' is not implemented by sluice yet; ignored",
-                "/etc/sluice.ini:118: 'dns_max_ttl' is not implemented by sluice yet; ignored",
-            }));
+  EXPECT_EQ(config->warnings, (std::vector<std::string>{notImplemented(116, "tcp_keepalive"),
+                                                        notImplemented(117, "tcp_keepidle"),
+                                                        notImplemented(118, "dns_max_ttl")}));
 }
 
 }  // namespace

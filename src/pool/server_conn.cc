@@ -426,10 +426,7 @@ void ServerConn::processActive() {
   if (state_ != State::kActive) return;
   if (ready && listener_ && clean()) {
     listener_->onServerReady();
-    if (state_ != State::kActive || !listener_) {
-      in_.shrinkIfEmpty();
-      return;
-    }
+    if (state_ != State::kActive || !listener_) return;  // released: an idle watch may be reading
   }
   if (listener_ && !listener_->wantsMore()) {
     paused_ = true;
@@ -440,7 +437,7 @@ void ServerConn::processActive() {
 
 void ServerConn::startIdleWatch() {
   state_ = State::kIdle;
-  in_.shrinkIfEmpty();
+  if (!read_in_flight_) in_.shrinkIfEmpty();
   startRead();
 }
 

@@ -240,9 +240,10 @@ void ClientSession::processStartup() {
                      "bad startup packet");
       return;
     }
-    if (!handleStartupMessage(std::get<protocol::StartupMessage>(pkt))) return;
+    handleStartupMessage(std::get<protocol::StartupMessage>(pkt));
   }
-  if (state_ == State::kStartup || state_ == State::kAuth) startRead();
+  if (state_ == State::kStartup) startRead();
+  if (state_ == State::kAuth) processAuth();
 }
 
 bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
@@ -507,7 +508,7 @@ void ClientSession::processClient() {
   if (server_) forward(pos);
   in_.consume(pos);
   if (state_ == State::kIdle || state_ == State::kActive) {
-    if (in_.empty()) in_.shrinkIfEmpty();
+    if (in_.empty() && !read_in_flight_) in_.shrinkIfEmpty();
     startRead();
   }
 }
@@ -547,9 +548,7 @@ void ClientSession::onServerAssigned(std::shared_ptr<pool::ServerConn> server) {
   }
   wait_id_ = 0;
   if (state_ == State::kWelcome) {
-    server->attach(this);
-    server_ = std::move(server);
-    releaseServer();
+    pool_->release(std::move(server));  // it only had to log in once for the welcome
     sendWelcome();
     return;
   }

@@ -127,6 +127,12 @@ def poolers(pg: Postgres, workdir, request):
             shutil.rmtree(p.dir, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def is_sluice() -> bool:
+    """True when the pooler under test is sluice (for sluice-only assertions)."""
+    return IS_SLUICE
+
+
 @pytest.fixture
 def pooler(poolers) -> Pooler:
     """A pooler with the harness defaults (transaction mode, pool size 5, auth md5)."""

@@ -37,6 +37,7 @@ POOLER = os.environ.get("POOLER", "sluice")
 SLUICE_BIN = Path(os.environ.get("SLUICE_BIN", str(REPO / "build" / "sluice")))
 PGBOUNCER_BIN = Path(os.environ.get("PGBOUNCER_BIN", "/usr/sbin/pgbouncer"))
 IS_SLUICE = POOLER == "sluice"
+is_sluice = IS_SLUICE  # the name the brief uses; both are fine
 KEEP_TMP = os.environ.get("KEEP_TMP") == "1"
 
 # Roles the cluster gets and the passwords they log in with.

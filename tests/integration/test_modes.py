@@ -77,3 +77,34 @@ def test_statement_mode_refuses_explicit_transaction(poolers):
     with p.connect(autocommit=False) as c, pytest.raises(Exception) as exc2:
         c.execute("SELECT 1")
     assert "transaction" in str(exc2.value)
+
+
+def test_session_mode_resets_server_between_clients(poolers):
+    p = poolers(settings={"pool_mode": "session", "default_pool_size": 1})
+    with p.connect() as a:
+        a.execute("CREATE TEMP TABLE leftover (x int)")
+        a.execute("SET statement_timeout = '123s'")
+        pid = backend_pid(a)
+    with p.connect() as b:
+        assert backend_pid(b) == pid  # the same server, handed on
+        assert b.execute("SHOW statement_timeout").fetchone()[0] != "123s"
+        assert b.execute("SELECT to_regclass('pg_temp.leftover')").fetchone()[0] is None
+
+
+def test_client_gone_mid_transaction_is_rolled_back(poolers, pg):
+    with pg.connect("appdb", user="sluice_md5") as c:
+        c.execute("CREATE TABLE IF NOT EXISTS gone_t (x int)")
+        c.execute("TRUNCATE gone_t")
+    p = poolers(settings={"pool_mode": "transaction", "default_pool_size": 1,
+                          "query_wait_timeout": 10})
+    a = p.wire()
+    a.query("BEGIN")
+    a.query("INSERT INTO gone_t VALUES (1)")
+    a.sock.close()  # vanishes without Terminate, transaction open
+    with p.connect() as b:
+        assert b.execute("SELECT count(*) FROM gone_t").fetchone()[0] == 0
+        with b.transaction():  # the server is usable, not stuck in the old transaction
+            b.execute("INSERT INTO gone_t VALUES (2)")
+        assert b.execute("SELECT array_agg(x) FROM gone_t").fetchone()[0] == [2]
+    with pg.connect("appdb", user="sluice_md5") as c:
+        c.execute("DROP TABLE gone_t")
