@@ -387,25 +387,25 @@ class Loader {
       return setSection(trim(line.substr(1, close - 1)), where);
     }
     // key = value; [databases] and [users] names may be "quoted" like SQL identifiers.
+    constexpr char kSyntaxError[] =
+        "syntax error: expected 'key = value', '[section]' or '%include file'";
     std::string key;
-    std::string_view rest;
-    if (size_t i = 0; line[0] == '"') {
+    size_t i = 0;
+    if (line[0] == '"') {
       std::optional<std::string> quoted = readDoubleQuoted(line, i);
       if (!quoted) {
         fail(where, "syntax error: unterminated quoted name");
       }
       key = std::move(*quoted);
-      rest = trim(line.substr(i));
     } else {
-      size_t eq = line.find('=');
-      key = std::string(trim(line.substr(0, eq)));
-      rest = eq == std::string_view::npos ? line : line.substr(eq);
-      if (key.empty() || std::any_of(key.begin(), key.end(), isSpace)) {
-        rest = {};
+      while (i < line.size() && line[i] != '=' && !isSpace(line[i])) {
+        ++i;
       }
+      key = line.substr(0, i);
     }
-    if (rest.empty() || rest[0] != '=') {
-      fail(where, "syntax error: expected 'key = value', '[section]' or '%include file'");
+    std::string_view rest = trim(line.substr(i));
+    if ((key.empty() && line[0] != '"') || rest.empty() || rest[0] != '=') {
+      fail(where, kSyntaxError);
     }
     std::string_view value = trim(rest.substr(1));
     switch (section_) {

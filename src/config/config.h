@@ -130,8 +130,10 @@ struct Config {
   Settings settings;
   std::vector<DatabaseEntry> databases;  // in file order; at most one "*"
   std::vector<UserEntry> users;
-  std::vector<std::string>
-      warnings;  // e.g. "pgbouncer.ini:12: key 'foo' is not implemented by sluice yet; ignored"
+  // Keys that loaded but do nothing, in file order, e.g.
+  // "/etc/pgbouncer/pgbouncer.ini:12: 'tcp_keepalive' is not implemented by sluice yet; ignored"
+  // or "/etc/pgbouncer/pgbouncer.ini:13: unknown key 'foo' in [pgbouncer]; ignored".
+  std::vector<std::string> warnings;
 
   const DatabaseEntry* findDatabase(const std::string& name) const;  // exact, then "*"
   const UserEntry* findUser(const std::string& name) const;

@@ -354,6 +354,11 @@ TEST(ConfigTest, SyntaxErrors) {
   EXPECT_EQ(errorOf("[pgbouncer]\n= 6432\n"),
             "/etc/sluice.ini:2: syntax error: expected 'key = value', '[section]' or "
             "'%include file'");
+  EXPECT_EQ(errorOf("[pgbouncer]\nlisten port = 6432\n"),
+            "/etc/sluice.ini:2: syntax error: expected 'key = value', '[section]' or "
+            "'%include file'");
+  EXPECT_EQ(errorOf("[databases]\n\"\" = host=x\n"), "/etc/sluice.ini:2: empty database name");
+  EXPECT_EQ(errorOf("[pgbouncer] junk\n"), "/etc/sluice.ini:1: syntax error: expected '[section]'");
   EXPECT_EQ(errorOf("[pgbouncer\n"), "/etc/sluice.ini:1: syntax error: expected '[section]'");
   EXPECT_EQ(errorOf("[databases]\n\"unterminated = host=x\n"),
             "/etc/sluice.ini:2: syntax error: unterminated quoted name");

@@ -127,7 +127,12 @@ void Pool::deliver(std::shared_ptr<PoolClient> client, std::shared_ptr<ServerCon
     });
     return;
   }
-  from->post([client = std::move(client), server = std::move(server), target]() mutable {
+  from->post([this, client = std::move(client), server = std::move(server), target]() mutable {
+    if (server->writeInFlight()) {
+      // A completed write's handler is still queued on this loop; move after it has run.
+      deliver(std::move(client), std::move(server));
+      return;
+    }
     if (server->state() != ServerConn::State::kClosed) server->detachFromLoop();
     target->post([client = std::move(client), server = std::move(server), target]() mutable {
       if (server->state() != ServerConn::State::kClosed) server->attachToLoop(target);

@@ -128,6 +128,7 @@ void ServerConn::flushWrites() {
   auto self = shared_from_this();
   asio::async_write(socket_, asio::buffer(writing_),
                     [self](const asio::error_code& ec, size_t) {
+                      if (ec == asio::error::operation_aborted) return;  // see onRead
                       self->write_in_flight_ = false;
                       if (self->state_ == State::kClosed) return;
                       if (ec) {
@@ -150,8 +151,11 @@ void ServerConn::startRead() {
 }
 
 void ServerConn::onRead(const asio::error_code& ec, size_t n) {
+  // Cancelled by close() or by a move to another loop: this handler may run on the old loop
+  // while the new one owns the object, so it touches nothing.
+  if (ec == asio::error::operation_aborted) return;
   read_in_flight_ = false;
-  if (state_ == State::kClosed || ec == asio::error::operation_aborted) return;
+  if (state_ == State::kClosed) return;
   if (ec) {
     fail(ec == asio::error::eof ? "server closed the connection unexpectedly"
                                 : "could not receive data from server: " + ec.message(),

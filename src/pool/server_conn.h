@@ -102,6 +102,7 @@ class ServerConn : public std::enable_shared_from_this<ServerConn> {
   char txStatus() const { return tx_status_; }
   int owedReady() const { return owed_ready_; }
   bool unsynced() const { return unsynced_; }
+  bool writeInFlight() const { return write_in_flight_; }
   bool clean() const { return tx_status_ == 'I' && owed_ready_ == 0 && !unsynced_ && !internal_; }
   const std::map<std::string, std::string>& params() const { return params_; }
   const std::vector<std::pair<std::string, std::string>>& welcome() const { return welcome_; }

@@ -299,9 +299,12 @@ void appendEmptyQueryResponse(std::string& out) {
 }
 
 std::string quoteLiteral(std::string_view s) {
-  std::string q = "'";
+  // As PostgreSQL's quote_literal(): with a backslash, an E'' literal with doubled backslashes,
+  // which reads the same whatever the server's standard_conforming_strings (a client can turn it
+  // off on a server connection that is later synced for another client).
+  std::string q = s.find('\\') == std::string_view::npos ? "'" : "E'";
   for (char c : s) {
-    if (c == '\'') q.push_back('\'');
+    if (c == '\'' || c == '\\') q.push_back(c);
     q.push_back(c);
   }
   q.push_back('\'');

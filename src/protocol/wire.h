@@ -146,7 +146,8 @@ inline constexpr int32_t kAuthSasl = 10;
 inline constexpr int32_t kAuthSaslContinue = 11;
 inline constexpr int32_t kAuthSaslFinal = 12;
 
-// Quotes a value as a SQL string literal (standard_conforming_strings on): 'it''s'.
+// Quotes a value as a SQL string literal that means the same whatever standard_conforming_strings
+// is: 'it''s', and E'C:\\x' for C:\x (as PostgreSQL's quote_literal()).
 std::string quoteLiteral(std::string_view s);
 // Quotes an identifier: "a""b".
 std::string quoteIdent(std::string_view s);

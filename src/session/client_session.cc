@@ -514,30 +514,34 @@ void ClientSession::processClient() {
 }
 
 bool ClientSession::needServer() {
-  if (ctx_->paused.load()) {
-    // PAUSE: requests wait in the queue like any other until RESUME.
-  }
+  acquireServer();
+  return state_ == State::kActive;
+}
+
+void ClientSession::acquireServer() {
   state_ = State::kWaiting;
   wait_started_ = now();
   auto r = pool_->acquire(shared_from_this(), applicationName().empty() ? user_ : applicationName());
   if (r.server) {
     attachServer(std::move(r.server));
-    return state_ == State::kActive;
+  } else {
+    wait_id_ = r.wait_id;
   }
-  wait_id_ = r.wait_id;
-  return false;
 }
 
 void ClientSession::onServerAssigned(std::shared_ptr<pool::ServerConn> server) {
   if (server->state() == ServerState::kClosed) {
     // It died on the way; ask again if still interested.
-    if (state_ == State::kWaiting || state_ == State::kWelcome) {
+    if (state_ == State::kWelcome) {
       auto r = pool_->acquire(shared_from_this(), applicationName().empty() ? user_ : applicationName());
       if (r.server) {
         onServerAssigned(std::move(r.server));
       } else {
         wait_id_ = r.wait_id;
       }
+    } else if (state_ == State::kWaiting) {
+      acquireServer();
+      if (state_ == State::kActive) processClient();
     }
     return;
   }
@@ -559,7 +563,16 @@ void ClientSession::onServerAssigned(std::shared_ptr<pool::ServerConn> server) {
 void ClientSession::attachServer(std::shared_ptr<pool::ServerConn> server) {
   server_ = std::move(server);
   server_->attach(this);
-  std::string sql = syncSql();
+  // A server unused for server_check_delay is checked first; its check and the parameter sync
+  // go in one round trip.
+  std::string sql;
+  auto cfg = ctx_->pools->config();
+  const auto& s = cfg->settings;
+  if (!s.server_check_query.empty() && now() - server_->lastUsed() >= s.server_check_delay) {
+    sql = s.server_check_query;
+    if (sql.back() != ';') sql += ';';
+  }
+  sql += syncSql();
   if (sql.empty()) {
     state_ = State::kActive;
     return;
@@ -568,6 +581,14 @@ void ClientSession::attachServer(std::shared_ptr<pool::ServerConn> server) {
   auto self = shared_from_this();
   server_->runInternal(sql, [self](Status st) {
     if (self->state_ != State::kSyncing) return;
+    if (!st && self->server_->state() == ServerState::kClosed) {
+      // The server died before any of the client's bytes reached it: use another one.
+      self->server_->detach();
+      self->server_.reset();
+      self->acquireServer();
+      if (self->state_ == State::kActive) self->processClient();
+      return;
+    }
     if (!st) {
       self->closeWithError(makeError(sqlstate::kInvalidParameterValue,
                                      "sluice: could not apply client parameters on the server: " +

@@ -89,6 +89,7 @@ class ClientSession : public pool::PoolClient,
   void processClient();   // relays the client's messages while logged in
   void processAdmin();
   bool needServer();      // returns true if a server is attached and ready to relay
+  void acquireServer();   // -> kWaiting, kSyncing or kActive
   void attachServer(std::shared_ptr<pool::ServerConn> server);
   void releaseServer();
   void dropServer(const std::string& reason);  // close it: its state is unknown

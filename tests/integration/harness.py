@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
-import select
 import shutil
 import signal
 import socket
@@ -103,12 +102,6 @@ def write_file(path: Path, text: str, mode: int = 0o644) -> None:
 
 def sqlstate(exc: BaseException) -> str | None:
     return getattr(exc, "sqlstate", None)
-
-
-def is_dead(conn: psycopg.Connection, timeout: float) -> bool:
-    """Waits for the other end to close conn (or to send something while we are idle)."""
-    r, _, _ = select.select([conn.fileno()], [], [], timeout)
-    return bool(r)
 
 
 class Postgres:

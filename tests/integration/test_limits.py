@@ -3,7 +3,6 @@
 import threading
 import time
 
-import pytest
 from harness import IS_SLUICE, BackendSampler, errors, run_threads, wait_until
 
 
