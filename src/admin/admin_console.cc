@@ -57,7 +57,12 @@ AdminConsole::AdminConsole(session::SessionContext* ctx, ControlPlane* control)
   };
 }
 
-std::string AdminConsole::execute(session::ClientSession& session, const std::string& sql) {
+void AdminConsole::execute(const std::shared_ptr<session::ClientSession>& session,
+                           const std::string& sql, std::function<void(std::string)> reply) {
+  reply(executeNow(*session, sql));
+}
+
+std::string AdminConsole::executeNow(session::ClientSession& session, const std::string& sql) {
   std::string s = sql;
   while (!s.empty() && (std::isspace(static_cast<unsigned char>(s.back())) || s.back() == ';')) s.pop_back();
   s.erase(0, s.find_first_not_of(" \t\r\n"));

@@ -23,9 +23,11 @@ class ControlPlane {
 class AdminConsole : public session::AdminHandler {
  public:
   AdminConsole(session::SessionContext* ctx, ControlPlane* control);
-  std::string execute(session::ClientSession& session, const std::string& sql) override;
+  void execute(const std::shared_ptr<session::ClientSession>& session, const std::string& sql,
+               std::function<void(std::string)> reply) override;
 
  private:
+  std::string executeNow(session::ClientSession& session, const std::string& sql);
   using Command = std::function<std::string(session::ClientSession&, const std::string& arg)>;
   std::string showPools();
   std::string showVersion();

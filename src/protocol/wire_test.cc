@@ -42,7 +42,9 @@ TEST(WireBuilders, ReadyForQuery) {
   EXPECT_BYTES(out, "Z\0\0\0\x05T"s);
   out.clear();
   appendReadyForQuery(out, 'E');
-  EXPECT_BYTES(out, "Z\0\0\0\x05" "E"s);
+  EXPECT_BYTES(out,
+               "Z\0\0\0\x05"
+               "E"s);
 }
 
 TEST(WireBuilders, ErrorResponseWithAllFields) {
@@ -130,7 +132,9 @@ TEST(WireBuilders, ParameterStatus) {
   std::string out;
   appendParameterStatus(out, "client_encoding", "UTF8");
   // 4 + 16 + 5 = 25 = 0x19.
-  EXPECT_BYTES(out, "S\0\0\0\x19" "client_encoding\0UTF8\0"s);
+  EXPECT_BYTES(out,
+               "S\0\0\0\x19"
+               "client_encoding\0UTF8\0"s);
 }
 
 TEST(WireBuilders, BackendKeyData) {
@@ -168,7 +172,9 @@ TEST(WireBuilders, SaslResponse) {
   std::string out;
   appendSaslResponse(out, "c=biws,r=x");
   // No NUL: the SASL data is the rest of the message. 4 + 10 = 14.
-  EXPECT_BYTES(out, "p\0\0\0\x0e" "c=biws,r=x"s);
+  EXPECT_BYTES(out,
+               "p\0\0\0\x0e"
+               "c=biws,r=x"s);
 }
 
 TEST(WireBuilders, StartupMessage) {
@@ -197,10 +203,10 @@ TEST(WireBuilders, RowDescription) {
   appendRowDescription(out, {"a", "n"}, {25, 20});
   // Per column: name NUL, table oid int32, column int16, type oid int32, typlen int16,
   // typmod int32, format int16. text has typlen -1, int8 has 8.
-  std::string col_a = "a\0"s + "\0\0\0\0"s + "\0\0"s + "\0\0\0\x19"s + "\xff\xff"s +
-                      "\xff\xff\xff\xff"s + "\0\0"s;
-  std::string col_n = "n\0"s + "\0\0\0\0"s + "\0\0"s + "\0\0\0\x14"s + "\0\x08"s +
-                      "\xff\xff\xff\xff"s + "\0\0"s;
+  std::string col_a =
+      "a\0"s + "\0\0\0\0"s + "\0\0"s + "\0\0\0\x19"s + "\xff\xff"s + "\xff\xff\xff\xff"s + "\0\0"s;
+  std::string col_n =
+      "n\0"s + "\0\0\0\0"s + "\0\0"s + "\0\0\0\x14"s + "\0\x08"s + "\xff\xff\xff\xff"s + "\0\0"s;
   // 2 + 20 + 20 = 42, length 46 = 0x2e.
   EXPECT_BYTES(out, "T\0\0\0\x2e\0\x02"s + col_a + col_n);
 }
@@ -208,10 +214,10 @@ TEST(WireBuilders, RowDescription) {
 TEST(WireBuilders, RowDescriptionInt4AndMissingOidDefaultsToText) {
   std::string out;
   appendRowDescription(out, {"i", "t"}, {23});
-  std::string col_i = "i\0"s + "\0\0\0\0"s + "\0\0"s + "\0\0\0\x17"s + "\0\x04"s +
-                      "\xff\xff\xff\xff"s + "\0\0"s;
-  std::string col_t = "t\0"s + "\0\0\0\0"s + "\0\0"s + "\0\0\0\x19"s + "\xff\xff"s +
-                      "\xff\xff\xff\xff"s + "\0\0"s;
+  std::string col_i =
+      "i\0"s + "\0\0\0\0"s + "\0\0"s + "\0\0\0\x17"s + "\0\x04"s + "\xff\xff\xff\xff"s + "\0\0"s;
+  std::string col_t =
+      "t\0"s + "\0\0\0\0"s + "\0\0"s + "\0\0\0\x19"s + "\xff\xff"s + "\xff\xff\xff\xff"s + "\0\0"s;
   EXPECT_BYTES(out, "T\0\0\0\x2e\0\x02"s + col_i + col_t);
 }
 
@@ -226,7 +232,9 @@ TEST(WireBuilders, DataRowWithNull) {
   appendDataRow(out, {std::string("1"), std::nullopt, std::string("")});
   // 2 + (4 + 1) + 4 + 4 = 15, length 19 = 0x13. NULL is length -1 with no bytes; the empty
   // string is length 0.
-  EXPECT_BYTES(out, "D\0\0\0\x13\0\x03\0\0\0\x01" "1\xff\xff\xff\xff\0\0\0\0"s);
+  EXPECT_BYTES(out,
+               "D\0\0\0\x13\0\x03\0\0\0\x01"
+               "1\xff\xff\xff\xff\0\0\0\0"s);
 }
 
 TEST(WireBuilders, CommandComplete) {
@@ -261,7 +269,10 @@ TEST(WireWriter, LengthCountsItselfButNotTheType) {
   w.cstring("ab");
   w.bytes(std::string_view("\0z", 2));
   w.end();
-  EXPECT_BYTES(out, "x\0\0\0\x11\xff\xfe\xff\xff\xff\xff\x80" "ab\0\0z"s);
+  // 4 + 2 + 4 + 1 + 3 + 2 = 16.
+  EXPECT_BYTES(out,
+               "x\0\0\0\x10\xff\xfe\xff\xff\xff\xff\x80"
+               "ab\0\0z"s);
 }
 
 // ---- peekHeader ----
@@ -298,7 +309,9 @@ TEST(WirePeekHeader, HugeAndTinyLengthsDoNotWrap) {
 // ---- Reader ----
 
 TEST(WireReader, ReadsBigEndianFields) {
-  std::string data = "\x01\x02\x03\x04\xff\xfe\x80" "abc\0\0rest"s;
+  std::string data =
+      "\x01\x02\x03\x04\xff\xfe\x80"
+      "abc\0\0rest"s;
   Reader r(data);
   EXPECT_EQ(r.int32(), 0x01020304);
   EXPECT_EQ(r.int16(), -2);
@@ -626,8 +639,7 @@ TEST(WireQuote, Ident) {
 // strings to the decoders. The assertions are weak on purpose; the point is that ASan/UBSan and
 // the Reader's bounds checks see every path.
 TEST(WireNeverCrash, StartupPacketPrefixesAndRandomBytes) {
-  const std::string good =
-      "\0\0\0\x31\0\x03\0\0user\0alice\0database\0shop\0options\0-c x=1\0\0"s;
+  const std::string good = "\0\0\0\x31\0\x03\0\0user\0alice\0database\0shop\0options\0-c x=1\0\0"s;
   ASSERT_EQ(good.size(), 0x31u);
   ASSERT_TRUE(std::holds_alternative<StartupMessage>(parseStartupPacket(good)));
   for (size_t n = 0; n < good.size(); ++n) {

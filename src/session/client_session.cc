@@ -808,7 +808,7 @@ void ClientSession::janitor(TimePoint t, const config::Settings& s) {
 // ---- admin console ----
 
 void ClientSession::processAdmin() {
-  while (state_ == State::kIdle) {
+  while (state_ == State::kIdle && !admin_busy_) {
     auto hdr = protocol::peekHeader(in_.data());
     if (!hdr) break;
     if (hdr->length < 4 || hdr->length > 1024 * 1024) {
@@ -823,24 +823,27 @@ void ClientSession::processAdmin() {
       closeQuietly("client sent Terminate");
       return;
     }
-    std::string out;
     if (hdr->type != 'Q') {
+      if (hdr->type != 'S') continue;  // answer an extended-protocol batch once, at its Sync
+      std::string out;
       protocol::appendError(out, makeError(sqlstate::kFeatureNotSupported,
                                            "sluice: the admin console accepts only simple queries"));
-      if (hdr->type != 'S') continue;  // answer once, at the Sync
-    } else {
-      std::string sql = payload.substr(0, payload.find('\0'));
-      if (ctx_->admin) {
-        out = ctx_->admin->execute(*this, sql);
-      } else {
-        protocol::appendError(out, makeError(sqlstate::kFeatureNotSupported,
-                                             "sluice: admin console not available"));
-      }
+      protocol::appendReadyForQuery(out, 'I');
+      send(out);
+      continue;
     }
-    protocol::appendReadyForQuery(out, 'I');
-    send(out);
+    std::string sql = payload.substr(0, payload.find('\0'));
+    admin_busy_ = true;
+    auto self = shared_from_this();
+    ctx_->admin->execute(self, sql, [self](std::string out) {
+      self->admin_busy_ = false;
+      if (self->state_ == State::kClosed) return;
+      protocol::appendReadyForQuery(out, 'I');
+      self->send(out);
+      self->processAdmin();
+    });
   }
-  if (state_ == State::kIdle) startRead();
+  if (state_ == State::kIdle && !admin_busy_) startRead();
 }
 
 }  // namespace sluice::session

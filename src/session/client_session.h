@@ -102,6 +102,7 @@ class ClientSession : public pool::PoolClient,
   std::string peer_;
   State state_ = State::kStartup;
   bool is_admin_ = false;
+  bool admin_busy_ = false;  // an admin command is being answered
   bool log_connections_ = true;
 
   net::ByteBuffer in_;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <unordered_set>
@@ -21,8 +22,11 @@ class ClientSession;
 class AdminHandler {
  public:
   virtual ~AdminHandler() = default;
-  // Returns the complete reply (rows, CommandComplete or ErrorResponse), without ReadyForQuery.
-  virtual std::string execute(ClientSession& session, const std::string& sql) = 0;
+  // Answers `sql` by calling `reply` exactly once, on the session's loop, with the complete
+  // reply (rows, CommandComplete or ErrorResponse) without ReadyForQuery. It may answer later:
+  // rows about clients and servers are gathered from every loop by posted tasks.
+  virtual void execute(const std::shared_ptr<ClientSession>& session, const std::string& sql,
+                       std::function<void(std::string)> reply) = 0;
 };
 
 // Per-loop state: the clients that live on that loop (for the janitor and SHOW CLIENTS).
