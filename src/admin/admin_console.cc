@@ -3,8 +3,19 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
+#include <chrono>
+#include <cstdlib>
+#include <ctime>
+#include <iterator>
+#include <optional>
+#include <set>
+#include <stdexcept>
+#include <tuple>
+#include <vector>
 
+#include "common/log.h"
 #include "protocol/sqlstate.h"
 #include "protocol/wire.h"
 #include "session/client_session.h"
@@ -12,115 +23,998 @@
 namespace sluice::admin {
 
 namespace {
-using Row = std::vector<std::optional<std::string>>;
 
-std::string table(const std::vector<std::string>& cols, const std::vector<Row>& rows,
-                  const std::string& tag) {
-  std::string out;
-  protocol::appendRowDescription(out, cols, {});
-  for (const auto& r : rows) protocol::appendDataRow(out, r);
-  protocol::appendCommandComplete(out, tag.empty() ? fmt::format("SHOW") : tag);
-  return out;
-}
+using Value = std::optional<std::string>;
+using Row = std::vector<Value>;
+using session::ClientSession;
 
-std::string errorReply(const std::string& msg) {
+// Type oids in RowDescription, as PgBouncer sends them (its "i" is int4, "q" int8).
+constexpr uint32_t kText = 25;
+constexpr uint32_t kInt4 = 23;
+constexpr uint32_t kInt8 = 20;
+constexpr uint32_t kNumeric = 1700;
+struct Column {
+  const char* name;
+  uint32_t oid;
+};
+
+constexpr const char* kInsufficientPrivilege = "42501";
+
+// A command refused or failed: becomes the ErrorResponse the admin client receives.
+// (Exceptions are fine here: the console is the control-plane edge.)
+class AdminError : public std::runtime_error {
+ public:
+  AdminError(const char* sqlstate, const std::string& message)
+      : std::runtime_error(message), sqlstate_(sqlstate) {}
+  const char* sqlstate() const { return sqlstate_; }
+
+ private:
+  const char* sqlstate_;
+};
+
+std::string errorReply(const char* sqlstate, const std::string& msg) {
   std::string out;
   protocol::ErrorInfo e;
-  e.sqlstate = sqlstate::kSyntaxError;
+  e.sqlstate = sqlstate;
   e.message = msg;
   protocol::appendError(out, e);
   return out;
 }
 
+std::string complete(std::string_view tag) {
+  std::string out;
+  protocol::appendCommandComplete(out, tag);
+  return out;
+}
+
+std::string table(const std::vector<Column>& cols, const std::vector<Row>& rows) {
+  std::vector<std::string> names;
+  std::vector<uint32_t> oids;
+  for (const auto& c : cols) {
+    names.emplace_back(c.name);
+    oids.push_back(c.oid);
+  }
+  std::string out;
+  protocol::appendRowDescription(out, names, oids);
+  for (const auto& r : rows) protocol::appendDataRow(out, r);
+  protocol::appendCommandComplete(out, "SHOW");
+  return out;
+}
+
+Value num(long long v) { return std::to_string(v); }
+
 std::string upper(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::toupper(c); });
   return s;
 }
+
+bool isSpace(char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; }
+
+std::string trim(std::string s) {
+  while (!s.empty() && isSpace(s.back())) s.pop_back();
+  size_t start = 0;
+  while (start < s.size() && isSpace(s[start])) ++start;
+  return s.substr(start);
+}
+
+// Splits off the first whitespace-separated word of `s`; `s` keeps the rest.
+std::string takeWord(std::string& s) {
+  s = trim(s);
+  size_t end = 0;
+  while (end < s.size() && !isSpace(s[end])) ++end;
+  std::string word = s.substr(0, end);
+  s = trim(s.substr(end));
+  return word;
+}
+
+// A PgBouncer console argument may be a "quoted identifier" ("" is a quote inside).
+std::string unquote(const std::string& s) {
+  if (s.size() < 2 || s.front() != '"' || s.back() != '"') return s;
+  std::string out;
+  for (size_t i = 1; i + 1 < s.size(); ++i) {
+    out += s[i];
+    if (s[i] == '"' && s[i + 1] == '"') ++i;
+  }
+  return out;
+}
+
+std::string hexPtr(uintptr_t p) { return p ? fmt::format("{:#x}", p) : std::string(); }
+
+// Text for a steady-clock instant on the wall clock, as PgBouncer prints it:
+// "2026-11-23 17:08:02 UTC" (local time zone).
+class WallClock {
+ public:
+  WallClock() : steady_(now()), wall_(std::chrono::system_clock::now()) {}
+  std::string format(TimePoint t) const {
+    auto wall =
+        wall_ - std::chrono::duration_cast<std::chrono::system_clock::duration>(steady_ - t);
+    std::time_t tt = std::chrono::system_clock::to_time_t(wall);
+    std::tm tm{};
+    localtime_r(&tt, &tm);
+    char buf[64];
+    size_t n = std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S %Z", &tm);
+    return std::string(buf, n);
+  }
+  TimePoint steady() const { return steady_; }
+
+ private:
+  TimePoint steady_;
+  std::chrono::system_clock::time_point wall_;
+};
+
+struct Address {
+  std::string addr;
+  int port = 0;
+};
+
+// ClientSession::peer() is "10.0.0.5:51234", "::1:51234" or "unix".
+Address splitPeer(const std::string& peer, int listen_port) {
+  if (peer == "unix") return {"unix", listen_port};
+  size_t colon = peer.rfind(':');
+  if (colon == std::string::npos) return {peer, 0};
+  return {peer.substr(0, colon), std::atoi(peer.c_str() + colon + 1)};
+}
+
+// ---- what each loop reports -------------------------------------------------------------------
+
+// One client, copied out on its own loop.
+struct ClientInfo {
+  uint64_t id = 0;
+  uintptr_t ptr = 0;
+  uintptr_t link = 0;  // the server it holds
+  bool admin = false;
+  const char* state = "";  // PgBouncer's words: "active", "waiting"; "login" before that
+  std::string user, database, peer, application_name;
+  TimePoint connected, request, waiting_since;
+  // The server it holds, for SHOW HOLDERS.
+  TimePoint held_since;
+  const char* tx_state = "";
+  uint32_t backend_pid = 0;
+};
+
+// One server connection, copied out on its own loop.
+struct ServerInfo {
+  uint64_t id = 0;
+  uintptr_t ptr = 0;
+  uintptr_t link = 0;      // the client it is lent to
+  const char* state = "";  // "active" (lent to a client) or "idle"
+  std::string user, database, host, application_name;
+  int port = 0;
+  TimePoint connected, request;
+  uint32_t backend_pid = 0;
+};
+
+struct LoopSnapshot {
+  std::vector<ClientInfo> clients;
+  std::vector<ServerInfo> servers;
+};
+
+// PostgreSQL's pg_stat_activity words for what the held server is doing.
+const char* txState(const pool::ServerConn& s, ClientSession::State st) {
+  if (st == ClientSession::State::kSyncing || s.owedReady() > 0) return "active";
+  switch (s.txStatus()) {
+    case 'T':
+      return "idle in transaction";
+    case 'E':
+      return "idle in transaction (aborted)";
+    default:
+      return "idle";
+  }
+}
+
+ServerInfo describeServer(const pool::ServerConn& s, const char* state) {
+  ServerInfo si;
+  si.id = s.id();
+  si.ptr = reinterpret_cast<uintptr_t>(&s);
+  si.state = state;
+  si.user = s.pool()->user();
+  si.database = s.pool()->database();
+  const auto& login = s.login();
+  si.host = login.host.empty() || login.host[0] == '/' ? "unix" : login.host;
+  si.port = login.port;
+  si.connected = s.createdAt();
+  si.request = s.lastUsed() == TimePoint{} ? s.createdAt() : s.lastUsed();
+  si.backend_pid = s.backendPid();
+  auto it = s.params().find("application_name");
+  if (it != s.params().end()) si.application_name = it->second;
+  return si;
+}
+
+// Runs on the loop that owns `lc`: its clients, the servers they hold, and its idle servers.
+LoopSnapshot snapshotLoop(session::SessionContext* ctx, session::LoopClients& lc) {
+  using S = ClientSession::State;
+  LoopSnapshot snap;
+  for (ClientSession* c : lc.clients) {
+    ClientInfo ci;
+    switch (c->state()) {
+      case S::kStartup:
+      case S::kAuth:
+        ci.state = "login";
+        break;
+      case S::kWelcome:
+      case S::kWaiting:
+        ci.state = "waiting";
+        break;
+      case S::kIdle:
+      case S::kSyncing:
+      case S::kActive:
+        ci.state = "active";
+        break;
+      case S::kClosed:
+        continue;  // on its way out of the list
+      default:
+        std::abort();
+    }
+    ci.id = c->id();
+    ci.ptr = reinterpret_cast<uintptr_t>(c);
+    ci.admin = c->isAdmin();
+    ci.user = c->user();
+    ci.database = c->database();
+    ci.peer = c->peer();
+    ci.application_name = c->applicationName();
+    ci.connected = c->connectedAt();
+    ci.request = c->requestStartedAt() == TimePoint{} ? ci.connected : c->requestStartedAt();
+    ci.waiting_since = c->waitStartedAt();
+    if (const pool::ServerConn* s = c->server()) {
+      ci.link = reinterpret_cast<uintptr_t>(s);
+      // serverSince() is set at every attach; before that was wired, the request start is
+      // the closest we know.
+      ci.held_since = c->serverSince() != TimePoint{} ? c->serverSince() : ci.request;
+      ci.tx_state = txState(*s, c->state());
+      ci.backend_pid = s->backendPid();
+      ServerInfo si = describeServer(*s, "active");
+      si.link = ci.ptr;
+      si.request = ci.request;
+      snap.servers.push_back(std::move(si));
+    }
+    snap.clients.push_back(std::move(ci));
+  }
+  // Idle servers of this loop. Only fields this loop owns are read: a client on another loop
+  // may take one of them meanwhile, but it moves loops through a task queued behind this one.
+  int index = lc.loop->index();
+  for (const auto& pool : ctx->pools->all()) {
+    for (const auto& s : pool->idleServers(index))
+      snap.servers.push_back(describeServer(*s, "idle"));
+  }
+  return snap;
+}
+
+// Runs `visit` on every worker loop, then `done` on `home` with the parts in loop order. Each
+// loop fills its own slot; the last one to finish posts the assembly. Nobody waits.
+template <typename Part>
+void gather(session::SessionContext* ctx, net::EventLoop* home,
+            std::function<Part(session::LoopClients&)> visit,
+            std::function<void(std::vector<Part>&)> done) {
+  struct State {
+    std::vector<Part> parts;
+    std::atomic<size_t> pending{0};
+    std::function<Part(session::LoopClients&)> visit;
+    std::function<void(std::vector<Part>&)> done;
+  };
+  auto st = std::make_shared<State>();
+  size_t n = ctx->loops.size();
+  st->parts.resize(n);
+  st->pending.store(n);
+  st->visit = std::move(visit);
+  st->done = std::move(done);
+  if (n == 0) {
+    home->post([st] { st->done(st->parts); });
+    return;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    session::LoopClients* lc = ctx->loops[i].get();
+    lc->loop->post([st, lc, i, home] {
+      st->parts[i] = st->visit(*lc);
+      // acq_rel: the loop that finishes last sees every other loop's part.
+      if (st->pending.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        home->post([st] { st->done(st->parts); });
+      }
+    });
+  }
+}
+
+// Gathers every loop's snapshot and replies with render(all of them) on the caller's loop.
+void withSnapshot(session::SessionContext* ctx, const AdminConsole::Call& call,
+                  std::function<std::string(const LoopSnapshot&)> render) {
+  auto reply = call.reply;
+  gather<LoopSnapshot>(
+      ctx, call.session->clientLoop(),
+      [ctx](session::LoopClients& lc) { return snapshotLoop(ctx, lc); },
+      [reply, render = std::move(render)](std::vector<LoopSnapshot>& parts) {
+        LoopSnapshot all;
+        for (auto& p : parts) {
+          std::move(p.clients.begin(), p.clients.end(), std::back_inserter(all.clients));
+          std::move(p.servers.begin(), p.servers.end(), std::back_inserter(all.servers));
+        }
+        std::string out;
+        try {
+          out = render(all);
+        } catch (const std::exception& e) {
+          out = errorReply(sqlstate::kInternalError, std::string("sluice: ") + e.what());
+        }
+        reply(std::move(out));
+      });
+}
+
+// ---- SHOW CLIENTS / SERVERS / SOCKETS ---------------------------------------------------------
+
+const std::vector<Column> kSocketColumns = {
+    {"type", kText},         {"user", kText},       {"database", kText},
+    {"state", kText},        {"addr", kText},       {"port", kInt4},
+    {"local_addr", kText},   {"local_port", kInt4}, {"connect_time", kText},
+    {"request_time", kText}, {"wait", kInt4},       {"wait_us", kInt4},
+    {"close_needed", kInt4}, {"ptr", kText},        {"link", kText},
+    {"remote_pid", kInt4},   {"tls", kText},        {"application_name", kText},
+};
+// SHOW SOCKETS adds PgBouncer's buffer positions; sluice has no such buffers to show: zeros.
+const std::vector<Column> kSocketDebugColumns = {
+    {"recv_pos", kInt4},    {"pkt_pos", kInt4},   {"pkt_remain", kInt4}, {"send_pos", kInt4},
+    {"send_remain", kInt4}, {"pkt_avail", kInt4}, {"send_avail", kInt4},
+};
+
+// Where clients reach sluice: the listen port, and the address when there is only one.
+Address localAddress(const config::Settings& s, const std::string& peer) {
+  if (peer == "unix") return {"unix", s.listen_port};
+  bool single = !s.listen_addr.empty() && s.listen_addr.find(',') == std::string::npos &&
+                s.listen_addr != "*";
+  return {single ? trim(s.listen_addr) : std::string(), s.listen_port};
+}
+
+Row clientRow(const ClientInfo& c, const char* state, const config::Settings& s,
+              const WallClock& clock) {
+  Address remote = splitPeer(c.peer, s.listen_port);
+  Address local = localAddress(s, c.peer);
+  long long wait_us = 0;
+  if (std::string_view(c.state) == "waiting") {
+    wait_us =
+        std::chrono::duration_cast<std::chrono::microseconds>(clock.steady() - c.waiting_since)
+            .count();
+  }
+  return {"C",
+          c.user,
+          c.database,
+          std::string(state),
+          remote.addr,
+          num(remote.port),
+          local.addr,
+          num(local.port),
+          clock.format(c.connected),
+          clock.format(c.request),
+          num(wait_us / 1000000),
+          num(wait_us % 1000000),
+          num(0),
+          hexPtr(c.ptr),
+          hexPtr(c.link),
+          num(0),
+          std::string(),
+          c.application_name};
+}
+
+Row serverRow(const ServerInfo& s, const char* state, const WallClock& clock) {
+  return {"S",
+          s.user,
+          s.database,
+          std::string(state),
+          s.host,
+          num(s.port),
+          std::string(),
+          num(0),
+          clock.format(s.connected),
+          clock.format(s.request),
+          num(0),
+          num(0),
+          num(0),
+          hexPtr(s.ptr),
+          hexPtr(s.link),
+          num(s.backend_pid),
+          std::string(),
+          s.application_name};
+}
+
+// PgBouncer lists pool by pool; within a pool, in the order connections arrived.
+template <typename T>
+void sortByPool(std::vector<T>& v) {
+  std::sort(v.begin(), v.end(), [](const T& a, const T& b) {
+    return std::tie(a.database, a.user, a.id) < std::tie(b.database, b.user, b.id);
+  });
+}
+
+std::string renderClients(LoopSnapshot all, const config::Settings& s) {
+  WallClock clock;
+  sortByPool(all.clients);
+  std::vector<Row> rows;
+  for (const auto& c : all.clients) {
+    if (std::string_view(c.state) != "login") rows.push_back(clientRow(c, c.state, s, clock));
+  }
+  return table(kSocketColumns, rows);
+}
+
+std::string renderServers(LoopSnapshot all) {
+  WallClock clock;
+  // Pool by pool, servers lent to clients first, as PgBouncer lists its active list first.
+  std::sort(all.servers.begin(), all.servers.end(), [](const ServerInfo& a, const ServerInfo& b) {
+    bool a_idle = std::string_view(a.state) != "active";
+    bool b_idle = std::string_view(b.state) != "active";
+    return std::tie(a.database, a.user, a_idle, a.id) < std::tie(b.database, b.user, b_idle, b.id);
+  });
+  std::vector<Row> rows;
+  for (const auto& sv : all.servers) rows.push_back(serverRow(sv, sv.state, clock));
+  return table(kSocketColumns, rows);
+}
+
+std::string renderSockets(LoopSnapshot all, const config::Settings& s) {
+  WallClock clock;
+  sortByPool(all.clients);
+  sortByPool(all.servers);
+  std::vector<Column> cols = kSocketColumns;
+  cols.insert(cols.end(), kSocketDebugColumns.begin(), kSocketDebugColumns.end());
+  std::vector<Row> rows;
+  auto debug = [](Row r) {
+    for (size_t i = 0; i < kSocketDebugColumns.size(); ++i) r.push_back(num(0));
+    return r;
+  };
+  for (const auto& c : all.clients) {
+    std::string_view st(c.state);
+    if (st != "login")
+      rows.push_back(debug(clientRow(c, st == "active" ? "cl_active" : "cl_waiting", s, clock)));
+  }
+  for (const auto& sv : all.servers) {
+    rows.push_back(debug(
+        serverRow(sv, std::string_view(sv.state) == "active" ? "sv_active" : "sv_idle", clock)));
+  }
+  for (const auto& c : all.clients) {
+    if (std::string_view(c.state) == "login")
+      rows.push_back(debug(clientRow(c, "cl_login", s, clock)));
+  }
+  return table(cols, rows);
+}
+
+// sluice's own: who holds a server right now, for how long, doing what.
+std::string renderHolders(LoopSnapshot all) {
+  WallClock clock;
+  std::vector<const ClientInfo*> holders;
+  for (const auto& c : all.clients) {
+    if (c.link && !c.admin) holders.push_back(&c);
+  }
+  std::sort(holders.begin(), holders.end(), [](const ClientInfo* a, const ClientInfo* b) {
+    return a->held_since < b->held_since;  // longest first
+  });
+  std::vector<Row> rows;
+  for (const ClientInfo* c : holders) {
+    double held = std::chrono::duration<double>(clock.steady() - c->held_since).count();
+    rows.push_back({num(static_cast<long long>(c->id)), c->application_name, c->user, c->database,
+                    c->peer, fmt::format("{:.3f}", std::max(0.0, held)), std::string(c->tx_state),
+                    num(c->backend_pid)});
+  }
+  return table({{"client_id", kInt8},
+                {"application_name", kText},
+                {"user", kText},
+                {"database", kText},
+                {"client_addr", kText},
+                {"held_seconds", kNumeric},
+                {"state", kText},
+                {"backend_pid", kInt4}},
+               rows);
+}
+
+// ---- SHOW POOLS / DATABASES / USERS / LISTS ---------------------------------------------------
+
+// The console is a pseudo-database with a pseudo-pool, as in PgBouncer.
+constexpr const char* kConsoleName = "pgbouncer";
+constexpr int kConsolePoolSize = 2;
+
+std::string renderPools(session::SessionContext* ctx, const LoopSnapshot& all) {
+  std::vector<std::pair<std::pair<std::string, std::string>, Row>> rows;
+  for (const auto& p : ctx->pools->all()) {
+    auto st = p->stats();
+    long long wait_us = static_cast<long long>(st.max_wait_s * 1e6);
+    rows.push_back({{st.database, st.user},
+                    {st.database, st.user, num(st.clients - st.waiting), num(st.waiting), num(0),
+                     num(0), num(st.active), num(0), num(0), num(st.idle), num(0), num(0),
+                     num(st.login), num(wait_us / 1000000), num(wait_us % 1000000),
+                     std::string(config::poolModeName(st.mode))}});
+  }
+  long long consoles = std::count_if(all.clients.begin(), all.clients.end(), [](const auto& c) {
+    return c.admin && std::string_view(c.state) != "login";
+  });
+  rows.push_back(
+      {{kConsoleName, kConsoleName},
+       {kConsoleName, kConsoleName, num(consoles), num(0), num(0), num(0), num(0), num(0), num(0),
+        num(0), num(0), num(0), num(0), num(0), num(0), std::string("statement")}});
+  std::sort(rows.begin(), rows.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::vector<Row> out;
+  for (auto& r : rows) out.push_back(std::move(r.second));
+  return table({{"database", kText},
+                {"user", kText},
+                {"cl_active", kInt4},
+                {"cl_waiting", kInt4},
+                {"cl_active_cancel_req", kInt4},
+                {"cl_waiting_cancel_req", kInt4},
+                {"sv_active", kInt4},
+                {"sv_active_cancel", kInt4},
+                {"sv_being_canceled", kInt4},
+                {"sv_idle", kInt4},
+                {"sv_used", kInt4},
+                {"sv_tested", kInt4},
+                {"sv_login", kInt4},
+                {"maxwait", kInt4},
+                {"maxwait_us", kInt4},
+                {"pool_mode", kText}},
+               out);
+}
+
+// Every [databases] entry, the databases "*" has produced pools for, and the console.
+std::vector<Row> databaseRows(session::SessionContext* ctx) {
+  auto cfg = ctx->pools->config();
+  const auto& s = cfg->settings;
+  auto pools = ctx->pools->all();
+  std::map<std::string, long long> servers;
+  for (const auto& p : pools) servers[p->database()] += p->stats().total;
+  std::map<std::string, Row> rows;  // by name, as PgBouncer lists them
+  auto add = [&](const std::string& name, const config::DatabaseEntry& db) {
+    rows[name] = {name,
+                  db.host.empty() ? Value() : Value(db.host),
+                  num(db.port),
+                  db.dbname.empty() ? name : db.dbname,
+                  db.user.empty() ? Value() : Value(db.user),
+                  num(db.pool_size.value_or(s.default_pool_size)),
+                  num(db.min_pool_size.value_or(s.min_pool_size)),
+                  num(db.reserve_pool_size.value_or(s.reserve_pool_size)),
+                  db.pool_mode ? Value(config::poolModeName(*db.pool_mode)) : Value(),
+                  num(db.max_db_connections.value_or(s.max_db_connections)),
+                  num(servers[name]),
+                  num(0),
+                  num(0)};
+  };
+  for (const auto& db : cfg->databases) {
+    if (db.name != "*") add(db.name, db);
+  }
+  for (const auto& p : pools) {
+    if (rows.count(p->database())) continue;
+    const config::DatabaseEntry* db = cfg->findDatabase(p->database());
+    if (db) add(p->database(), *db);  // from "*"; a database removed by a reload is not listed
+  }
+  rows[kConsoleName] = {kConsoleName, Value(),      num(s.listen_port),
+                        kConsoleName, kConsoleName, num(kConsolePoolSize),
+                        num(0),       num(0),       std::string("statement"),
+                        num(0),       num(0),       num(0),
+                        num(0)};
+  std::vector<Row> out;
+  for (auto& [name, row] : rows) out.push_back(std::move(row));
+  return out;
+}
+
+// Users sluice knows of: auth_file, [users], forced users, users of pools, and the console's.
+std::vector<Row> userRows(session::SessionContext* ctx) {
+  auto cfg = ctx->pools->config();
+  std::set<std::string> names = {kConsoleName};
+  if (auto users = ctx->pools->userList()) {
+    for (const auto& [name, secret] : users->secrets) names.insert(name);
+  }
+  for (const auto& u : cfg->users) names.insert(u.name);
+  for (const auto& db : cfg->databases) {
+    if (!db.user.empty()) names.insert(db.user);
+  }
+  for (const auto& p : ctx->pools->all()) names.insert(p->user());
+  std::vector<Row> rows;
+  for (const auto& name : names) {
+    const config::UserEntry* u = cfg->findUser(name);
+    rows.push_back(
+        {name, u && u->pool_mode ? Value(config::poolModeName(*u->pool_mode)) : Value()});
+  }
+  return rows;
+}
+
+std::string renderLists(session::SessionContext* ctx, const LoopSnapshot& all) {
+  long long used_clients = 0, login_clients = 0, servers = 0;
+  for (const auto& c : all.clients)
+    ++(std::string_view(c.state) == "login" ? login_clients : used_clients);
+  auto pools = ctx->pools->all();
+  for (const auto& p : pools) servers += p->stats().total;
+  auto row = [](const char* name, long long n) { return Row{std::string(name), num(n)}; };
+  // PgBouncer's free_* are its allocator caches; sluice has none. It resolves no DNS itself.
+  return table({{"list", kText}, {"items", kInt4}},
+               {row("databases", static_cast<long long>(databaseRows(ctx).size())),
+                row("users", static_cast<long long>(userRows(ctx).size())),
+                row("pools", static_cast<long long>(pools.size()) + 1), row("free_clients", 0),
+                row("used_clients", used_clients), row("login_clients", login_clients),
+                row("free_servers", 0), row("used_servers", servers), row("dns_names", 0),
+                row("dns_zones", 0), row("dns_queries", 0), row("dns_pending", 0)});
+}
+
+// ---- SHOW CONFIG ------------------------------------------------------------------------------
+
+std::string configValue(int v) { return std::to_string(v); }
+std::string configValue(bool v) { return v ? "1" : "0"; }
+std::string configValue(const std::string& v) { return v; }
+std::string configValue(config::PoolMode v) { return config::poolModeName(v); }
+std::string configValue(config::AuthType v) { return config::authTypeName(v); }
+std::string configValue(config::Duration v) {  // seconds, as PgBouncer writes them
+  if (v.count() % 1000 == 0) return std::to_string(v.count() / 1000);
+  return fmt::format("{:g}", v.count() / 1000.0);
+}
+std::string configValue(const std::vector<std::string>& v) {
+  std::string out;
+  for (const auto& item : v) out += (out.empty() ? "" : ",") + item;
+  return out;
+}
+
+struct ConfigKey {
+  const char* name;
+  std::function<std::string(const config::Settings&)> show;
+  bool changeable;  // takes effect on RELOAD; "no": needs a restart
+};
+
+template <typename T>
+ConfigKey key(const char* name, T config::Settings::*field, bool changeable = true) {
+  return {name, [field](const config::Settings& s) { return configValue(s.*field); }, changeable};
+}
+
+// Every [pgbouncer] key sluice reads (config.cc's kSettingSpecs). Keys PgBouncer has and sluice
+// only warns about are not listed: they have no value here.
+const std::vector<ConfigKey>& configKeys() {
+  using S = config::Settings;
+  static const std::vector<ConfigKey> keys = [] {
+    std::vector<ConfigKey> k = {
+        key("listen_addr", &S::listen_addr, false),
+        key("listen_port", &S::listen_port, false),
+        key("unix_socket_dir", &S::unix_socket_dir, false),
+        {"unix_socket_mode", [](const S& s) { return fmt::format("0{:o}", s.unix_socket_mode); },
+         false},
+        key("so_reuseport", &S::so_reuseport, false),
+        key("listen_backlog", &S::listen_backlog, false),
+        key("workers", &S::workers, false),
+        key("auth_type", &S::auth_type),
+        key("auth_file", &S::auth_file),
+        key("auth_hba_file", &S::auth_hba_file),
+        key("auth_user", &S::auth_user),
+        key("auth_query", &S::auth_query),
+        key("admin_users", &S::admin_users),
+        key("stats_users", &S::stats_users),
+        key("pool_mode", &S::pool_mode),
+        key("max_client_conn", &S::max_client_conn),
+        key("default_pool_size", &S::default_pool_size),
+        key("min_pool_size", &S::min_pool_size),
+        key("reserve_pool_size", &S::reserve_pool_size),
+        key("reserve_pool_timeout", &S::reserve_pool_timeout),
+        key("max_db_connections", &S::max_db_connections),
+        key("max_user_connections", &S::max_user_connections),
+        key("max_prepared_statements", &S::max_prepared_statements),
+        key("server_round_robin", &S::server_round_robin),
+        key("ignore_startup_parameters", &S::ignore_startup_parameters),
+        key("track_extra_parameters", &S::track_extra_parameters),
+        key("server_lifetime", &S::server_lifetime),
+        key("server_idle_timeout", &S::server_idle_timeout),
+        key("server_connect_timeout", &S::server_connect_timeout),
+        key("server_login_retry", &S::server_login_retry),
+        key("server_reset_query", &S::server_reset_query),
+        key("server_reset_query_always", &S::server_reset_query_always),
+        key("server_check_query", &S::server_check_query),
+        key("server_check_delay", &S::server_check_delay),
+        key("server_fast_close", &S::server_fast_close),
+        key("query_timeout", &S::query_timeout),
+        key("query_wait_timeout", &S::query_wait_timeout),
+        key("cancel_wait_timeout", &S::cancel_wait_timeout),
+        key("client_idle_timeout", &S::client_idle_timeout),
+        key("client_login_timeout", &S::client_login_timeout),
+        key("idle_transaction_timeout", &S::idle_transaction_timeout),
+        key("suspend_timeout", &S::suspend_timeout),
+        key("shutdown_timeout", &S::shutdown_timeout),
+        key("max_packet_size", &S::max_packet_size),
+        key("pkt_buf", &S::pkt_buf, false),
+        key("logfile", &S::logfile, false),
+        key("pidfile", &S::pidfile, false),
+        key("log_connections", &S::log_connections),
+        key("log_disconnections", &S::log_disconnections),
+        key("log_pooler_errors", &S::log_pooler_errors),
+        key("log_stats", &S::log_stats),
+        key("stats_period", &S::stats_period),
+        key("verbose", &S::verbose),
+        key("application_name_add_host", &S::application_name_add_host),
+        key("http_listen", &S::http_listen, false),
+        key("ops_allow", &S::ops_allow),
+        key("monitor_interval", &S::monitor_interval),
+        key("monitor_warn_utilization", &S::monitor_warn_utilization),
+        key("hold_warn_threshold", &S::hold_warn_threshold),
+        key("max_waiting_clients", &S::max_waiting_clients),
+        key("server_connect_parallelism", &S::server_connect_parallelism),
+    };
+    std::sort(k.begin(), k.end(), [](const ConfigKey& a, const ConfigKey& b) {
+      return std::string_view(a.name) < b.name;
+    });
+    return k;
+  }();
+  return keys;
+}
+
 }  // namespace
+
+// ---- the command table ------------------------------------------------------------------------
 
 AdminConsole::AdminConsole(session::SessionContext* ctx, ControlPlane* control)
     : ctx_(ctx), control_(control) {
-  commands_["SHOW POOLS"] = [this](auto&, auto&) { return showPools(); };
-  commands_["SHOW VERSION"] = [this](auto&, auto&) { return showVersion(); };
-  commands_["SHOW HELP"] = [this](auto&, auto&) { return showHelp(); };
-  commands_["RELOAD"] = [this](auto&, auto&) {
-    control_->reloadConfig();
-    std::string out;
-    protocol::appendCommandComplete(out, "RELOAD");
-    return out;
+  auto settings = [this] { return ctx_->pools->config()->settings; };
+
+  addNow("SHOW HELP", Arg::kNone, false, [this](const Call&) { return showHelp(); });
+  addNow("SHOW VERSION", Arg::kNone, false, [](const Call&) {
+    return table({{"version", kText}}, {{std::string("sluice " SLUICE_VERSION)}});
+  });
+  addNow("SHOW CONFIG", Arg::kNone, false, [this](const Call&) { return showConfig(); });
+  addNow("SHOW DATABASES", Arg::kNone, false, [this](const Call&) { return showDatabases(); });
+  addNow("SHOW USERS", Arg::kNone, false, [this](const Call&) { return showUsers(); });
+  addNow("SHOW STATE", Arg::kNone, false, [this](const Call&) { return showState(); });
+  add("SHOW POOLS", Arg::kNone, false, "", [this](Call& call) {
+    withSnapshot(ctx_, call,
+                 [ctx = ctx_](const LoopSnapshot& all) { return renderPools(ctx, all); });
+  });
+  add("SHOW LISTS", Arg::kNone, false, "", [this](Call& call) {
+    withSnapshot(ctx_, call,
+                 [ctx = ctx_](const LoopSnapshot& all) { return renderLists(ctx, all); });
+  });
+  add("SHOW CLIENTS", Arg::kNone, false, "", [this, settings](Call& call) {
+    withSnapshot(ctx_, call,
+                 [settings](const LoopSnapshot& all) { return renderClients(all, settings()); });
+  });
+  add("SHOW SERVERS", Arg::kNone, false, "", [this](Call& call) {
+    withSnapshot(ctx_, call, [](const LoopSnapshot& all) { return renderServers(all); });
+  });
+  add("SHOW SOCKETS", Arg::kNone, false, "", [this, settings](Call& call) {
+    withSnapshot(ctx_, call,
+                 [settings](const LoopSnapshot& all) { return renderSockets(all, settings()); });
+  });
+  add("SHOW HOLDERS", Arg::kNone, false, "", [this](Call& call) {
+    withSnapshot(ctx_, call, [](const LoopSnapshot& all) { return renderHolders(all); });
+  });
+
+  auto not_yet = [](const Call&) -> std::string {
+    throw AdminError(sqlstate::kFeatureNotSupported,
+                     "sluice: SHOW STATS, STATS_TOTALS, STATS_AVERAGES and TOTALS are not "
+                     "available yet: sluice does not count requests, bytes and times per "
+                     "database yet");
   };
-  commands_["SHUTDOWN"] = [this](auto&, auto&) {
+  add("SHOW STATS", Arg::kNone, false,
+      "SHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS (not available yet)",
+      [not_yet](Call& call) { call.reply(not_yet(call)); });
+  for (const char* words : {"SHOW STATS_TOTALS", "SHOW STATS_AVERAGES", "SHOW TOTALS"}) {
+    add(words, Arg::kNone, false, "-", [not_yet](Call& call) { call.reply(not_yet(call)); });
+  }
+  add("SHOW FDS", Arg::kNone, true, "SHOW FDS (not supported)", [](Call&) {
+    throw AdminError(sqlstate::kFeatureNotSupported,
+                     "sluice: SHOW FDS is not supported: it hands sockets to a new process in an "
+                     "online restart (pgbouncer -R), which sluice does not do");
+  });
+
+  add("RELOAD", Arg::kNone, true, "RELOAD", [this](Call& call) {
+    SLOG_INFO("RELOAD command issued by {}", call.session->prefix());
+    net::EventLoop* home = call.session->clientLoop();
+    auto reply = call.reply;
+    control_->reloadConfigAsync([home, reply](std::string message) {
+      home->post([reply, message = std::move(message)] {
+        std::string out;
+        protocol::ErrorInfo n;
+        n.severity = "NOTICE";
+        n.sqlstate = "00000";
+        n.message = message;
+        protocol::appendNotice(out, n);
+        protocol::appendCommandComplete(out, "RELOAD");
+        reply(std::move(out));
+      });
+    });
+  });
+  addNow("RECONNECT", Arg::kOptional, true,
+         [this](const Call& call) { return reconnect(call.arg); });
+  commands_["RECONNECT"].usage = "RECONNECT [<db>]";
+  add("KILL_CLIENT", Arg::kRequired, true, "KILL_CLIENT <id>",
+      [this](Call& call) { killClient(call); });
+  addNow("SHUTDOWN", Arg::kNone, true, [this](const Call& call) {
+    SLOG_INFO("SHUTDOWN command issued by {}", call.session->prefix());
     control_->shutdown(false);
-    std::string out;
-    protocol::appendCommandComplete(out, "SHUTDOWN");
-    return out;
-  };
+    return complete("SHUTDOWN");
+  });
+  commands_["SHUTDOWN"].usage = "SHUTDOWN";
+}
+
+void AdminConsole::add(std::string words, Arg arg, bool admin_only, std::string usage,
+                       std::function<void(Call&)> run) {
+  commands_[std::move(words)] = Command{arg, admin_only, std::move(usage), std::move(run)};
+}
+
+void AdminConsole::addNow(std::string words, Arg arg, bool admin_only,
+                          std::function<std::string(const Call&)> build) {
+  add(std::move(words), arg, admin_only, "",
+      [build = std::move(build)](Call& call) { call.reply(build(call)); });
 }
 
 void AdminConsole::execute(const std::shared_ptr<session::ClientSession>& session,
                            const std::string& sql, std::function<void(std::string)> reply) {
-  reply(executeNow(*session, sql));
-}
-
-std::string AdminConsole::executeNow(session::ClientSession& session, const std::string& sql) {
-  std::string s = sql;
-  while (!s.empty() && (std::isspace(static_cast<unsigned char>(s.back())) || s.back() == ';')) s.pop_back();
-  s.erase(0, s.find_first_not_of(" \t\r\n"));
-  if (s.empty()) {
+  Call call{session, "", std::move(reply)};
+  std::string rest = trim(sql);
+  while (!rest.empty() && (rest.back() == ';' || isSpace(rest.back()))) rest.pop_back();
+  if (rest.empty()) {
     std::string out;
     protocol::appendEmptyQueryResponse(out);
-    return out;
+    call.reply(std::move(out));
+    return;
   }
-  std::string u = upper(s);
-  // Longest matching command prefix wins ("SHOW POOLS" before "SHOW").
-  const Command* best = nullptr;
-  size_t best_len = 0;
-  std::string arg;
-  for (const auto& [name, cmd] : commands_) {
-    if (u.rfind(name, 0) == 0 && (u.size() == name.size() || std::isspace(static_cast<unsigned char>(u[name.size()]))) &&
-        name.size() > best_len) {
-      best = &cmd;
-      best_len = name.size();
-      arg = s.substr(name.size());
+  const std::string text = rest;
+  try {
+    std::string words = upper(takeWord(rest));
+    if (words == "SHOW") words += " " + upper(takeWord(rest));
+    auto it = commands_.find(words);
+    if (it == commands_.end()) {
+      throw AdminError(sqlstate::kSyntaxError,
+                       "sluice: unknown admin command: " + text + " (try SHOW HELP)");
+    }
+    const Command& cmd = it->second;
+    call.arg = unquote(rest);
+    if (cmd.arg == Arg::kNone && !call.arg.empty()) {
+      throw AdminError(sqlstate::kSyntaxError, "sluice: " + words + " takes no argument");
+    }
+    if (cmd.arg == Arg::kRequired && call.arg.empty()) {
+      throw AdminError(sqlstate::kSyntaxError, "sluice: usage: " + cmd.usage);
+    }
+    if (cmd.admin_only) {
+      auto cfg = ctx_->pools->config();
+      const auto& admins = cfg->settings.admin_users;
+      if (std::find(admins.begin(), admins.end(), session->user()) == admins.end()) {
+        throw AdminError(kInsufficientPrivilege, "sluice: " + words + " needs admin access: \"" +
+                                                     session->user() + "\" is not in admin_users");
+      }
+    }
+    cmd.run(call);
+  } catch (const AdminError& e) {
+    call.reply(errorReply(e.sqlstate(), e.what()));
+  } catch (const std::exception& e) {
+    call.reply(errorReply(sqlstate::kInternalError, std::string("sluice: ") + e.what()));
+  }
+}
+
+// ---- commands answered on the calling loop ----------------------------------------------------
+
+std::string AdminConsole::showHelp() const {
+  std::string shows;
+  for (const auto& [words, cmd] : commands_) {
+    if (words.rfind("SHOW ", 0) == 0 && cmd.usage.empty()) {
+      shows += (shows.empty() ? "" : "|") + words.substr(5);
     }
   }
-  if (!best) return errorReply("sluice: unknown admin command: " + s + " (try SHOW HELP)");
-  arg.erase(0, arg.find_first_not_of(" \t"));
-  return (*best)(session, arg);
-}
-
-std::string AdminConsole::showPools() {
-  std::vector<Row> rows;
-  for (auto& p : ctx_->pools->all()) {
-    auto st = p->stats();
-    auto n = [](int v) { return std::optional<std::string>(std::to_string(v)); };
-    rows.push_back({st.database, st.user, n(st.clients - st.waiting), n(st.waiting), n(0), n(0),
-                    n(st.active), n(st.idle), n(0), n(0), n(st.login), n(int(st.max_wait_s)),
-                    n(int((st.max_wait_s - int(st.max_wait_s)) * 1e6)),
-                    std::string(config::poolModeName(st.mode))});
+  std::string detail = "\n\tSHOW " + shows;
+  for (const auto& [words, cmd] : commands_) {
+    if (!cmd.usage.empty() && cmd.usage != "-") detail += "\n\t" + cmd.usage;
   }
-  return table({"database", "user", "cl_active", "cl_waiting", "cl_active_cancel_req",
-                "cl_waiting_cancel_req", "sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login",
-                "maxwait", "maxwait_us", "pool_mode"},
-               rows, "SHOW");
-}
-
-std::string AdminConsole::showVersion() {
-  return table({"version"}, {{std::string("sluice " SLUICE_VERSION)}}, "SHOW");
-}
-
-std::string AdminConsole::showHelp() {
   std::string out;
   protocol::ErrorInfo n;
   n.severity = "NOTICE";
   n.sqlstate = "00000";
   n.message = "Console usage";
-  std::string detail;
-  for (const auto& [name, cmd] : commands_) detail += "\n\t" + name;
   n.detail = detail;
   protocol::appendNotice(out, n);
   protocol::appendCommandComplete(out, "SHOW");
   return out;
+}
+
+std::string AdminConsole::showDatabases() const {
+  return table({{"name", kText},
+                {"host", kText},
+                {"port", kInt4},
+                {"database", kText},
+                {"force_user", kText},
+                {"pool_size", kInt4},
+                {"min_pool_size", kInt4},
+                {"reserve_pool", kInt4},
+                {"pool_mode", kText},
+                {"max_connections", kInt4},
+                {"current_connections", kInt4},
+                {"paused", kInt4},
+                {"disabled", kInt4}},
+               databaseRows(ctx_));
+}
+
+std::string AdminConsole::showUsers() const {
+  return table({{"name", kText}, {"pool_mode", kText}}, userRows(ctx_));
+}
+
+std::string AdminConsole::showConfig() const {
+  auto cfg = ctx_->pools->config();
+  static const config::Settings defaults;
+  std::vector<Row> rows;
+  bool conffile_done = false;
+  for (const auto& k : configKeys()) {
+    // PgBouncer lists the file it was started with among the keys, in order.
+    if (!conffile_done && std::string_view(k.name) > "conffile") {
+      rows.push_back({std::string("conffile"), cfg->path, Value(), std::string("no")});
+      conffile_done = true;
+    }
+    rows.push_back({std::string(k.name), k.show(cfg->settings), k.show(defaults),
+                    std::string(k.changeable ? "yes" : "no")});
+  }
+  return table({{"key", kText}, {"value", kText}, {"default", kText}, {"changeable", kText}}, rows);
+}
+
+std::string AdminConsole::showState() const {
+  bool paused = ctx_->paused.load();
+  auto yes = [](bool b) { return Value(b ? "yes" : "no"); };
+  return table({{"key", kText}, {"value", kText}}, {{std::string("active"), yes(!paused)},
+                                                    {std::string("paused"), yes(paused)},
+                                                    {std::string("suspended"), yes(false)}});
+}
+
+std::string AdminConsole::reconnect(const std::string& database) const {
+  auto pools = ctx_->pools->all();
+  if (!database.empty()) {
+    auto cfg = ctx_->pools->config();
+    bool known = std::any_of(cfg->databases.begin(), cfg->databases.end(),
+                             [&](const auto& db) { return db.name == database; }) ||
+                 std::any_of(pools.begin(), pools.end(),
+                             [&](const auto& p) { return p->database() == database; });
+    if (!known)
+      throw AdminError(sqlstate::kInvalidCatalogName, "sluice: no such database: " + database);
+  }
+  int n = 0;
+  for (const auto& p : pools) {
+    if (!database.empty() && p->database() != database) continue;
+    // Idle servers close now; servers lent to clients close when they come back.
+    p->closeIdle("RECONNECT from the admin console");
+    ++n;
+  }
+  SLOG_INFO("RECONNECT {}: {} pools reconnect their servers",
+            database.empty() ? "(all databases)" : database, n);
+  return complete("RECONNECT");
+}
+
+// ---- KILL_CLIENT ------------------------------------------------------------------------------
+
+// Accepts the client id sluice logs and SHOW HOLDERS shows ("42" or "C42"), or the ptr column
+// of SHOW CLIENTS ("0x55d0c0a1b2c0").
+void AdminConsole::killClient(Call& call) {
+  const std::string arg = call.arg;
+  uint64_t id = 0;
+  uintptr_t ptr = 0;
+  std::string digits = arg;
+  bool hex = digits.size() > 2 && digits[0] == '0' && (digits[1] == 'x' || digits[1] == 'X');
+  if (!hex && !digits.empty() && (digits[0] == 'C' || digits[0] == 'c')) digits.erase(0, 1);
+  const char* begin = digits.c_str() + (hex ? 2 : 0);
+  char* end = nullptr;
+  unsigned long long v = begin[0] ? std::strtoull(begin, &end, hex ? 16 : 10) : 0;
+  if (!end || *end != '\0' || v == 0 || !std::isxdigit(static_cast<unsigned char>(begin[0]))) {
+    throw AdminError(sqlstate::kInvalidParameterValue,
+                     "sluice: KILL_CLIENT needs a client id (as in the log prefix [C42 ...] or "
+                     "SHOW HOLDERS) or a ptr from SHOW CLIENTS, not '" +
+                         arg + "'");
+  }
+  if (hex) {
+    ptr = static_cast<uintptr_t>(v);
+  } else {
+    id = static_cast<uint64_t>(v);
+  }
+  std::string by = call.session->prefix();
+  SLOG_INFO("KILL_CLIENT {} issued by {}", arg, by);
+  auto reply = call.reply;
+  gather<int>(
+      ctx_, call.session->clientLoop(),
+      [id, ptr, arg](session::LoopClients& lc) {
+        ClientSession* found = nullptr;
+        for (ClientSession* c : lc.clients) {
+          if ((id && c->id() == id) || (ptr && reinterpret_cast<uintptr_t>(c) == ptr)) found = c;
+        }
+        if (!found || found->state() == ClientSession::State::kClosed) return 0;
+        auto keep = found->shared_from_this();  // closing erases it from the list
+        protocol::ErrorInfo e;
+        e.severity = "FATAL";
+        e.sqlstate = sqlstate::kAdminShutdown;
+        e.message =
+            "sluice: terminating connection due to administrator command (KILL_CLIENT " + arg + ")";
+        keep->closeWithError(e, "KILL_CLIENT from the admin console");
+        return 1;
+      },
+      [reply, arg](std::vector<int>& found) {
+        if (std::count(found.begin(), found.end(), 1) == 0) {
+          reply(errorReply(sqlstate::kUndefinedObject, "sluice: KILL_CLIENT: no client " + arg));
+          return;
+        }
+        reply(complete("KILL_CLIENT"));
+      });
 }
 
 }  // namespace sluice::admin

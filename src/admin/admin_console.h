@@ -1,11 +1,18 @@
 // AdminConsole: the PgBouncer-compatible admin console (the virtual database "pgbouncer", also
-// "sluice"). A command table maps each SHOW/PAUSE/RELOAD/... command to a function that builds
-// its rows from the same pools and lists the data path uses. Owned by the App; execute() runs on
-// the asking client's loop and only reads thread-safe state (pool stats under their locks).
+// "sluice"). A command table maps each SHOW/RELOAD/RECONNECT/... command to a function that
+// builds its rows from the same pools and lists the data path uses, with PgBouncer 1.18's column
+// names, order and types, so operators' scripts and exporters read sluice unchanged.
+//
+// Owned by the App; one instance serves every admin session. execute() runs on the asking
+// client's loop. Commands about pools read only thread-safe state (Pool::stats(), the config
+// snapshot) and answer at once; commands about clients and servers post a task to every worker
+// loop, each loop reads its own sessions and idle servers, and the last loop to finish posts the
+// assembled reply to the asking client's loop. No loop ever waits for another.
 #pragma once
 
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 
 #include "session/session_context.h"
@@ -16,7 +23,11 @@ namespace sluice::admin {
 class ControlPlane {
  public:
   virtual ~ControlPlane() = default;
-  virtual std::string reloadConfig() = 0;            // blocks until the control loop reloaded
+  virtual std::string reloadConfig() = 0;  // blocks until the control loop reloaded
+  // Reloads and calls `done` with the outcome, from any thread, without blocking the caller.
+  // The default blocks in reloadConfig(); App should override it to post the reload to its
+  // control loop, so that a worker loop never waits for it (see the report in the handover).
+  virtual void reloadConfigAsync(std::function<void(std::string)> done) { done(reloadConfig()); }
   virtual void shutdown(bool wait_for_clients) = 0;
 };
 
@@ -26,16 +37,38 @@ class AdminConsole : public session::AdminHandler {
   void execute(const std::shared_ptr<session::ClientSession>& session, const std::string& sql,
                std::function<void(std::string)> reply) override;
 
+  // One command being answered. `reply` must be called exactly once, on the session's loop.
+  struct Call {
+    std::shared_ptr<session::ClientSession> session;
+    std::string arg;  // what followed the command words, trimmed and unquoted
+    std::function<void(std::string)> reply;
+  };
+
  private:
-  std::string executeNow(session::ClientSession& session, const std::string& sql);
-  using Command = std::function<std::string(session::ClientSession&, const std::string& arg)>;
-  std::string showPools();
-  std::string showVersion();
-  std::string showHelp();
+  enum class Arg { kNone, kOptional, kRequired };
+  struct Command {
+    Arg arg = Arg::kNone;
+    bool admin_only = false;  // needs admin_users; stats_users may only look
+    std::string usage;        // for SHOW HELP; empty: listed among the SHOW words
+    std::function<void(Call&)> run;
+  };
+  void add(std::string words, Arg arg, bool admin_only, std::string usage,
+           std::function<void(Call&)> run);
+  // Commands answered from thread-safe state, on the calling loop.
+  void addNow(std::string words, Arg arg, bool admin_only,
+              std::function<std::string(const Call&)> build);
+
+  std::string showHelp() const;
+  std::string showDatabases() const;
+  std::string showUsers() const;
+  std::string showConfig() const;
+  std::string showState() const;
+  std::string reconnect(const std::string& database) const;
+  void killClient(Call& call);
 
   session::SessionContext* ctx_;
   ControlPlane* control_;
-  std::map<std::string, Command> commands_;  // upper-case command words -> handler
+  std::map<std::string, Command> commands_;  // "SHOW CLIENTS", "RELOAD", ... -> handler
 };
 
 }  // namespace sluice::admin

@@ -477,8 +477,13 @@ class Loader {
       // Without TLS sluice behaves as "disable"; a server that allows plain text is also fine.
       bool plain = mode == "disable" ||
                    (name == "server_tls_sslmode" && (mode == "allow" || mode == "prefer"));
-      if (!plain) {
-        notImplemented(where, key);
+      if (!plain && (mode == "allow" || mode == "prefer")) {
+        notImplemented(where, key);  // clients that ask for TLS are told no and go on in plain text
+      } else if (!plain) {
+        // Asking for TLS and silently getting plain text would be worse than refusing to start.
+        throw ConfigError(where + ": " + key + " = '" + std::string(value) +
+                          "': TLS is not supported by this version of sluice; use disable" +
+                          (name == "server_tls_sslmode" ? ", allow or prefer" : ""));
       }
     } else if (contains(kUnimplementedSettings, name)) {
       notImplemented(where, key);

@@ -412,11 +412,15 @@ TEST(ConfigTest, PlainTextSslModesDoNotWarn) {
 
 TEST(ConfigTest, TlsSslModesWarn) {
   auto config = parse(
-      "[pgbouncer]\nclient_tls_sslmode = prefer\nclient_tls_sslmode = require\n"
-      "server_tls_sslmode = verify-full\n");
+      "[pgbouncer]\nclient_tls_sslmode = prefer\nclient_tls_sslmode = allow\n");
   EXPECT_EQ(config->warnings, (std::vector<std::string>{notImplemented(2, "client_tls_sslmode"),
-                                                        notImplemented(3, "client_tls_sslmode"),
-                                                        notImplemented(4, "server_tls_sslmode")}));
+                                                        notImplemented(3, "client_tls_sslmode")}));
+  EXPECT_EQ(errorOf("[pgbouncer]\nclient_tls_sslmode = require\n"),
+            "/etc/sluice.ini:2: client_tls_sslmode = 'require': TLS is not supported by this "
+            "version of sluice; use disable");
+  EXPECT_EQ(errorOf("[pgbouncer]\nserver_tls_sslmode = verify-full\n"),
+            "/etc/sluice.ini:2: server_tls_sslmode = 'verify-full': TLS is not supported by this "
+            "version of sluice; use disable, allow or prefer");
   EXPECT_EQ(errorOf("[pgbouncer]\nserver_tls_sslmode = on\n"),
             "/etc/sluice.ini:2: server_tls_sslmode = 'on': expected disable, allow, prefer, "
             "require, verify-ca or verify-full");

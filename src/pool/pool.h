@@ -103,6 +103,12 @@ class Pool : public std::enable_shared_from_this<Pool> {
   void clientLeft() { clients_.fetch_sub(1, std::memory_order_relaxed); }
   // Closes every idle server and marks active ones to close on release (RECONNECT, reload).
   void closeIdle(const std::string& reason);
+  // The idle servers of loop `loop_index` at this moment (SHOW SERVERS). Only that loop may
+  // read them, and only their loop-owned fields: a client on another loop may take one meanwhile.
+  std::vector<std::shared_ptr<ServerConn>> idleServers(int loop_index) const {
+    std::lock_guard lock(mu_);
+    return idle_[size_t(loop_index)];
+  }
 
   const std::string& database() const { return database_; }
   const std::string& user() const { return user_; }

@@ -422,13 +422,20 @@ void ServerConn::processActive() {
       }
       continue;
     }
+    if (t == 'Z' && tx_status_ != 'I' && listener_ && !listener_->allowsTransactionBlocks()) {
+      forward(pos);
+      pos += hdr->total();
+      fwd_start = pos;
+      ready = true;
+      break;
+    }
     pos += hdr->total();
     if (t == 'Z' && owed_ready_ == 0 && !unsynced_) ready = true;
   }
   forward(pos);
   in_.consume(pos);
   if (state_ != State::kActive) return;
-  if (ready && listener_ && clean()) {
+  if (ready && listener_) {
     listener_->onServerReady();
     if (state_ != State::kActive || !listener_) return;  // released: an idle watch may be reading
   }

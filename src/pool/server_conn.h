@@ -35,13 +35,17 @@ class ServerListener {
   virtual ~ServerListener() = default;
   // Bytes to relay as they are (complete or partial messages).
   virtual void onServerData(std::string_view bytes) = 0;
-  // A ReadyForQuery arrived and nothing more is owed: the server may be released.
+  // A ReadyForQuery arrived and nothing more is owed; the server may be released if its
+  // transaction status is idle.
   virtual void onServerReady() = 0;
   // The connection failed or was closed by PostgreSQL; `error` says why.
   virtual void onServerGone(const protocol::ErrorInfo& error) = 0;
   // True while the client can take more data; when false the server stops reading until
   // resumeReading() (backpressure).
   virtual bool wantsMore() const = 0;
+  // False in statement mode: a ReadyForQuery that opens a transaction block is then withheld
+  // from the client (onServerReady() refuses it instead).
+  virtual bool allowsTransactionBlocks() const { return true; }
 };
 
 // What sluice needs to log in as a user.

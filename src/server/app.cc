@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -124,14 +125,36 @@ void App::listen() {
     }
   }
   if (!s.unix_socket_dir.empty()) {
-    unix_socket_path_ = fmt::format("{}/.s.PGSQL.{}", s.unix_socket_dir, s.listen_port);
-    ::unlink(unix_socket_path_.c_str());
-    auto acc = std::make_shared<asio::local::stream_protocol::acceptor>(
-        control_, asio::local::stream_protocol::endpoint(unix_socket_path_));
-    ::chmod(unix_socket_path_.c_str(), mode_t(s.unix_socket_mode));
-    SLOG_INFO("listening on unix:{}", unix_socket_path_);
-    unix_acceptors_.push_back(acc);
-    acceptUnix(acc);
+    std::string path = fmt::format("{}/.s.PGSQL.{}", s.unix_socket_dir, s.listen_port);
+    std::string why;
+    if (path.size() >= sizeof(sockaddr_un{}.sun_path)) {
+      why = fmt::format("the path is {} bytes and unix sockets allow {}", path.size(),
+                        sizeof(sockaddr_un{}.sun_path) - 1);
+    } else {
+      ::unlink(path.c_str());
+      asio::error_code ec;
+      auto acc = std::make_shared<asio::local::stream_protocol::acceptor>(control_);
+      asio::local::stream_protocol::endpoint ep(path);
+      acc->open(ep.protocol(), ec);
+      if (!ec) acc->bind(ep, ec);
+      if (!ec) acc->listen(s.listen_backlog, ec);
+      if (ec) {
+        why = ec.message();
+      } else {
+        unix_socket_path_ = path;
+        ::chmod(path.c_str(), mode_t(s.unix_socket_mode));
+        SLOG_INFO("listening on unix:{}", path);
+        unix_acceptors_.push_back(acc);
+        acceptUnix(acc);
+      }
+    }
+    if (!why.empty()) {
+      std::string msg = fmt::format("cannot listen on unix socket {}: {} (set unix_socket_dir to a "
+                                    "shorter directory, or empty to disable it)",
+                                    path, why);
+      if (tcp_acceptors_.empty()) throw std::runtime_error(msg);
+      SLOG_WARN("{}; continuing with TCP only", msg);
+    }
   }
 }
 

@@ -277,6 +277,9 @@ bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
     std::string lk = k;
     std::transform(lk.begin(), lk.end(), lk.begin(), ::tolower);
     if (lk == "replication" && (v == "false" || v == "0" || v == "off" || v == "no")) continue;
+    // Since PostgreSQL 12 any extra_float_digits above 0 means the same shortest-exact output
+    // the server default (1) gives, so JDBC's extra_float_digits=3 is safe to drop.
+    if (lk == "extra_float_digits") continue;
     if (std::find(s.ignore_startup_parameters.begin(), s.ignore_startup_parameters.end(), lk) !=
         s.ignore_startup_parameters.end()) {
       continue;
@@ -314,10 +317,11 @@ bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
       }
     }
   }
-  if (type == config::AuthType::kTrust && users && !users->secrets.empty() && !secret &&
-      !is_admin_) {
+  if (type == config::AuthType::kTrust && !s.auth_file.empty() && !secret) {
     // PgBouncer's rule: with trust, the user must still be listed in auth_file.
-    secret = nullptr;
+    return fatal(sqlstate::kInvalidAuthorization,
+                 "sluice: \"trust\" authentication failed for user \"" + user_ +
+                     "\": with auth_type = trust the user must still be listed in auth_file");
   }
   state_ = State::kAuth;
   auth_ = std::make_unique<auth::ClientAuth>(type, user_, secret);
@@ -631,7 +635,7 @@ void ClientSession::onServerReady() {
                    "transaction in statement mode");
     return;
   }
-  if (mode_ == config::PoolMode::kSession) return;
+  if (mode_ == config::PoolMode::kSession || !server_->clean()) return;
   if (passthrough_left_ > 0) return;  // part of the next message is already on its way
   releaseServer();
   state_ = State::kIdle;

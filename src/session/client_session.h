@@ -60,6 +60,7 @@ class ClientSession : public pool::PoolClient,
   void onServerReady() override;
   void onServerGone(const protocol::ErrorInfo& error) override;
   bool wantsMore() const override;
+  bool allowsTransactionBlocks() const override { return mode_ != config::PoolMode::kStatement; }
 
   // For the admin console and logs.
   uint64_t id() const { return id_; }
@@ -70,6 +71,9 @@ class ClientSession : public pool::PoolClient,
   std::string applicationName() const;
   TimePoint connectedAt() const { return connected_at_; }
   TimePoint requestStartedAt() const { return request_started_; }
+  TimePoint waitStartedAt() const { return wait_started_; }  // meaningful while kWaiting
+  TimePoint serverSince() const { return server_since_; }    // meaningful while server() is set
+  bool isAdmin() const { return is_admin_; }                  // a console session
   const pool::ServerConn* server() const { return server_.get(); }
   std::string prefix() const;  // "[C42 app/alice@10.0.0.5:51234]"
   uint32_t cancelPid() const { return cancel_pid_; }
@@ -130,6 +134,7 @@ class ClientSession : public pool::PoolClient,
   TimePoint last_activity_;
   TimePoint request_started_;
   TimePoint wait_started_;
+  TimePoint server_since_;  // when server_ was attached: how long this client has held it
 };
 
 }  // namespace sluice::session
