@@ -83,6 +83,7 @@ void ClientSession::startRead() {
 void ClientSession::onRead(const asio::error_code& ec, size_t n) {
   read_in_flight_ = false;
   if (state_ == State::kClosed) return;
+  if (close_after_write_) return;  // an error is on its way out; nothing more is read
   if (ec) {
     closeQuietly(ec == asio::error::eof ? "client closed the connection"
                                         : "client read error: " + ec.message());
@@ -536,6 +537,7 @@ void ClientSession::acquireServer() {
 void ClientSession::onServerAssigned(std::shared_ptr<pool::ServerConn> server) {
   if (server->state() == ServerState::kClosed) {
     // It died on the way; ask again if still interested.
+    if (closing()) return;
     if (state_ == State::kWelcome) {
       auto r = pool_->acquire(shared_from_this(), applicationName().empty() ? user_ : applicationName());
       if (r.server) {
@@ -549,7 +551,7 @@ void ClientSession::onServerAssigned(std::shared_ptr<pool::ServerConn> server) {
     }
     return;
   }
-  if (state_ != State::kWaiting && state_ != State::kWelcome) {
+  if (closing() || (state_ != State::kWaiting && state_ != State::kWelcome)) {
     // Nobody wants it any more (cancelled or disconnected meanwhile).
     pool_->release(std::move(server));
     return;
@@ -672,7 +674,7 @@ void ClientSession::onServerGone(const ErrorInfo& error) {
 }
 
 void ClientSession::onAcquireFailed(const ErrorInfo& error) {
-  if (state_ != State::kWaiting && state_ != State::kWelcome) return;
+  if (closing() || (state_ != State::kWaiting && state_ != State::kWelcome)) return;
   wait_id_ = 0;
   ErrorInfo e = error;
   if (state_ == State::kWelcome) e.severity = "FATAL";
@@ -680,6 +682,7 @@ void ClientSession::onAcquireFailed(const ErrorInfo& error) {
 }
 
 void ClientSession::onCancelRequest() {
+  if (closing()) return;
   if (state_ == State::kWaiting && wait_id_ && pool_->cancelWait(wait_id_)) {
     // The request never reached a server: answer it as PostgreSQL would and drop its bytes.
     wait_id_ = 0;
@@ -744,6 +747,7 @@ void ClientSession::onCancelRequest() {
 // ---- timeouts (per-loop janitor) ----
 
 void ClientSession::janitor(TimePoint t, const config::Settings& s) {
+  if (closing()) return;
   auto over = [&](TimePoint since, Millis limit) {
     return limit.count() > 0 && since != TimePoint{} && t - since >= limit;
   };

@@ -77,6 +77,7 @@ class ClientSession : public pool::PoolClient,
   const pool::ServerConn* server() const { return server_.get(); }
   std::string prefix() const;  // "[C42 app/alice@10.0.0.5:51234]"
   uint32_t cancelPid() const { return cancel_pid_; }
+  bool closing() const { return close_after_write_ || state_ == State::kClosed; }
 
  private:
   void startRead();

@@ -26,6 +26,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "sluice_only(reason): behaviour sluice must have and PgBouncer 1.18 lacks; "
         "skipped under POOLER=pgbouncer")
+    config.addinivalue_line(
+        "markers",
+        "concurrency: many clients, threads or loops at once; the set the TSan build runs")
     if POOLER not in ("sluice", "pgbouncer"):
         raise pytest.UsageError(f"POOLER must be sluice or pgbouncer, not {POOLER!r}")
     binary = harness.pooler_binary()
@@ -40,7 +43,15 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"pooler: {POOLER} ({harness.pooler_binary()})"
 
 
+# Modules whose tests drive many clients across worker loops at once (run under TSan).
+CONCURRENCY_MODULES = {"test_limits", "test_cancel", "test_pgbench", "test_reload",
+                       "test_server_death", "test_shutdown", "test_params", "test_modes"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in CONCURRENCY_MODULES:
+            item.add_marker(pytest.mark.concurrency)
     if IS_SLUICE or os.environ.get("RUN_SLUICE_ONLY") == "1":
         return
     for item in items:
@@ -116,12 +127,18 @@ def poolers(pg: Postgres, workdir, request):
 
     yield make
     failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    crashes = []
     for p in started:
-        p.stop()
+        status = p.stop()
         if failed:
             sys.stderr.write(f"\n--- {POOLER} log ({p.log_path}) ---\n{p.log()[-20000:]}\n")
+        report = harness.sanitizer_report(p.log())
+        if report or (status is not None and status < 0 and status != -signal.SIGKILL):
+            crashes.append(f"{p.log_path}: exit status {status}\n{report}")
     # No test may leave server connections behind for the next one.
     pg.terminate_all()
+    if crashes:
+        pytest.fail("pooler crashed or a sanitizer reported an error:\n" + "\n".join(crashes))
     if not failed:
         for p in started:
             shutil.rmtree(p.dir, ignore_errors=True)

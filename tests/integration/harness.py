@@ -518,3 +518,16 @@ def errors(results: Iterable[Any]) -> list[BaseException]:
 def rmtree(path: Path) -> None:
     if not KEEP_TMP:
         shutil.rmtree(path, ignore_errors=True)
+
+
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "WARNING: ThreadSanitizer",
+                     "runtime error:", "ERROR: ThreadSanitizer")
+
+
+def sanitizer_report(log: str) -> str:
+    """The first sanitizer report in a pooler log (with some context), or ""."""
+    for marker in SANITIZER_MARKERS:
+        i = log.find(marker)
+        if i >= 0:
+            return log[max(0, i - 200):i + 4000]
+    return ""

@@ -100,3 +100,25 @@ def test_max_db_connections_spans_user_pools(poolers, pg):
     assert seen_users == {"sluice_md5", "sluice_trust"}
     assert sampler.max <= 3, f"peak {sampler.max} backends for appdb"
     assert sampler.max >= 2
+
+
+def test_max_user_connections_spans_database_pools(poolers, pg):
+    # Two database entries (two pools) for one user share max_user_connections.
+    db = {"host": "127.0.0.1", "port": pg.port, "dbname": "appdb"}
+    p = poolers(settings={"default_pool_size": 4, "server_idle_timeout": 1,
+                          "query_wait_timeout": 30},
+                databases={"appdb": db, "appdb2": db},
+                user_settings={"sluice_md5": {"max_user_connections": 2}})
+    names = ["appdb", "appdb2"] * 3
+
+    def client(i):
+        with p.connect(dbname=names[i]) as c:
+            for _ in range(2):
+                with c.transaction():
+                    c.execute("SELECT pg_sleep(0.2)")
+        return True
+
+    with BackendSampler(pg, "sluice_md5") as sampler:
+        results = run_threads(client, len(names), timeout=60)
+    assert not errors(results), errors(results)
+    assert sampler.max <= 2, f"peak {sampler.max} backends for sluice_md5"

@@ -108,3 +108,23 @@ def test_client_gone_mid_transaction_is_rolled_back(poolers, pg):
         assert b.execute("SELECT array_agg(x) FROM gone_t").fetchone()[0] == [2]
     with pg.connect("appdb", user="sluice_md5") as c:
         c.execute("DROP TABLE gone_t")
+
+
+def test_pool_mode_per_user_overrides_the_default(poolers):
+    # [users] pool_mode=session for one user while the default is transaction.
+    p = poolers(settings={"pool_mode": "transaction", "default_pool_size": 2},
+                user_settings={"sluice_scram": {"pool_mode": "session"}})
+    with p.connect("sluice_scram") as a:
+        pids = {backend_pid(a) for _ in range(5)}
+        a.execute("CREATE TEMP TABLE mine (x int)")
+        assert a.execute("SELECT count(*) FROM mine").fetchone()[0] == 0
+    assert len(pids) == 1
+
+
+def test_pool_mode_per_database_overrides_the_default(poolers, pg):
+    db = {"host": "127.0.0.1", "port": pg.port, "dbname": "appdb"}
+    p = poolers(settings={"pool_mode": "session"},
+                databases={"appdb": db, "stmtdb": {**db, "pool_mode": "statement"}})
+    with p.wire(dbname="stmtdb") as w:
+        with pytest.raises(pgwire.ServerError):
+            w.query("BEGIN")
