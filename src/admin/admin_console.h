@@ -23,11 +23,9 @@ namespace sluice::admin {
 class ControlPlane {
  public:
   virtual ~ControlPlane() = default;
-  virtual std::string reloadConfig() = 0;  // blocks until the control loop reloaded
-  // Reloads and calls `done` with the outcome, from any thread, without blocking the caller.
-  // The default blocks in reloadConfig(); App should override it to post the reload to its
-  // control loop, so that a worker loop never waits for it (see the report in the handover).
-  virtual void reloadConfigAsync(std::function<void(std::string)> done) { done(reloadConfig()); }
+  // Reloads the config on the control loop, then calls `done` there with the outcome; the
+  // caller posts the answer back to its own loop.
+  virtual void reloadConfigAsync(std::function<void(std::string)> done) = 0;
   virtual void shutdown(bool wait_for_clients) = 0;
 };
 

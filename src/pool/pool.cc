@@ -52,12 +52,16 @@ void Pool::learnScramClientKey(const std::array<uint8_t, 32>& key) {
   scram_client_key_ = key;
 }
 
-bool Pool::mayOpenLocked(bool reserve) const {
+bool Pool::mayOpenLocked(bool reserve) {
   int limit = settings_.pool_size + (reserve ? settings_.reserve_pool_size : 0);
   if (total_ >= limit) return false;
   if (now() < retry_at_) return false;
-  return registry_->tryTakeBudget(database_, user_, settings_.max_db_connections,
-                                  settings_.max_user_connections);
+  if (registry_->tryTakeBudget(database_, user_, settings_.max_db_connections,
+                               settings_.max_user_connections)) {
+    return true;
+  }
+  budget_blocked_ = true;
+  return false;
 }
 
 void Pool::launchConnectLocked(net::EventLoop* loop) {
@@ -97,7 +101,7 @@ Pool::AcquireResult Pool::acquire(const std::shared_ptr<PoolClient>& client,
       idle_[i].pop_back();
       --idle_count_;
       waiters_.remove(id);
-      s->setState(ServerConn::State::kMigrating);
+      // Its own loop marks it kMigrating when it detaches it (see deliver()).
       lock.unlock();
       deliver(client, std::move(s));
       return {nullptr, id};
@@ -305,6 +309,37 @@ void Pool::janitor(TimePoint t) {
     s->loop()->post([s] { s->close("server_idle_timeout, server_lifetime or pool resize"); });
   }
   if (!timed_out.empty()) failWaiters(std::move(timed_out), timeout_err);
+  bool blocked = false;
+  bool by_db = false;
+  bool by_user = false;
+  {
+    std::lock_guard lock(mu_);
+    blocked = budget_blocked_ && !waiters_.empty();
+    budget_blocked_ = false;
+    by_db = settings_.max_db_connections > 0;
+    by_user = settings_.max_user_connections > 0;
+  }
+  // Clients wait on a full max_db_connections/max_user_connections budget while another pool
+  // that shares it sits on idle servers: close one of those so the slot comes here.
+  if (blocked) registry_->evictIdleFor(by_db ? database_ : "", by_user ? user_ : "", this);
+}
+
+bool Pool::closeOneIdle(const std::string& reason) {
+  std::shared_ptr<ServerConn> victim;
+  {
+    std::lock_guard lock(mu_);
+    for (auto& list : idle_) {
+      if (list.empty()) continue;
+      // The front of each list is the least recently used.
+      if (!victim || list.front()->lastUsed() < victim->lastUsed()) victim = list.front();
+    }
+    if (!victim) return false;
+    auto& list = idle_[victim->loop()->index()];
+    list.erase(list.begin());
+    --idle_count_;
+  }
+  victim->loop()->post([victim, reason] { victim->close(reason); });
+  return true;
 }
 
 void Pool::closeIdle(const std::string& reason) {

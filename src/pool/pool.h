@@ -103,6 +103,8 @@ class Pool : public std::enable_shared_from_this<Pool> {
   void clientLeft() { clients_.fetch_sub(1, std::memory_order_relaxed); }
   // Closes every idle server and marks active ones to close on release (RECONNECT, reload).
   void closeIdle(const std::string& reason);
+  // Closes the longest-idle server, if any, to free a shared budget slot for another pool.
+  bool closeOneIdle(const std::string& reason);
   // The idle servers of loop `loop_index` at this moment (SHOW SERVERS). Only that loop may
   // read them, and only their loop-owned fields: a client on another loop may take one meanwhile.
   std::vector<std::shared_ptr<ServerConn>> idleServers(int loop_index) const {
@@ -119,7 +121,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
     std::shared_ptr<PoolClient> client;
   };
   // All *Locked functions require mu_.
-  bool mayOpenLocked(bool reserve) const;
+  bool mayOpenLocked(bool reserve);
   void launchConnectLocked(net::EventLoop* loop);
   void deliver(std::shared_ptr<PoolClient> client, std::shared_ptr<ServerConn> server);
   void onLoginDone(const std::shared_ptr<ServerConn>& server, Status st, const std::string& sqlstate);
@@ -148,6 +150,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
   int login_failures_ = 0;    // consecutive
   TimePoint retry_at_{};      // no new connect before this after failures
   uint64_t next_wait_id_ = 1;
+  bool budget_blocked_ = false;  // waiters could not get a connect because a shared budget is full
   size_t next_loop_ = 0;      // round robin for pre-warming
   std::atomic<int> clients_{0};
 };

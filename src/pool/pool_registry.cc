@@ -122,4 +122,13 @@ void PoolRegistry::releaseBudget(const std::string& db, const std::string& user)
   --user_used_[user];
 }
 
+void PoolRegistry::evictIdleFor(const std::string& db, const std::string& user,
+                                const Pool* except) {
+  for (auto& p : all()) {
+    bool shares = (!db.empty() && p->database() == db) || (!user.empty() && p->user() == user);
+    if (p.get() == except || !shares) continue;
+    if (p->closeOneIdle("freeing a shared max_db_connections/max_user_connections slot")) return;
+  }
+}
+
 }  // namespace sluice::pool

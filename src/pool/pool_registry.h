@@ -36,6 +36,9 @@ class PoolRegistry {
   // Budgets across pools. Callers hold the requesting pool's mutex.
   bool tryTakeBudget(const std::string& db, const std::string& user, int max_db, int max_user);
   void releaseBudget(const std::string& db, const std::string& user);
+  // Closes one idle server of another pool that shares db's or user's budget with `except`
+  // (an empty db or user means that budget is not the one that is full).
+  void evictIdleFor(const std::string& db, const std::string& user, const Pool* except);
 
   const std::vector<net::EventLoop*>& loops() const { return loops_; }
   uint64_t nextServerId() { return next_server_id_.fetch_add(1, std::memory_order_relaxed); }

@@ -7,7 +7,6 @@
 #include <unistd.h>
 
 #include <fstream>
-#include <future>
 #include <thread>
 
 #include "common/log.h"
@@ -51,6 +50,7 @@ int App::run() {
     raw.push_back(loops_.back().get());
     auto lc = std::make_unique<session::LoopClients>();
     lc->loop = raw.back();
+    lc->cfg = cfg_;
     ctx_.loops.push_back(std::move(lc));
   }
   pools_ = std::make_unique<pool::PoolRegistry>(raw);
@@ -213,6 +213,7 @@ void App::janitorTick() {
   for (auto& lc : ctx_.loops) {
     session::LoopClients* l = lc.get();
     l->loop->post([l, cfg] {
+      l->cfg = cfg;
       auto t = now();
       // Copy: the janitor may close clients, which erases them from the set.
       std::vector<std::shared_ptr<session::ClientSession>> clients;
@@ -247,11 +248,8 @@ void App::waitSignals() {
   });
 }
 
-std::string App::reloadConfig() {
-  std::promise<std::string> done;
-  auto f = done.get_future();
-  asio::post(control_, [this, &done] { done.set_value(reload()); });
-  return f.get();
+void App::reloadConfigAsync(std::function<void(std::string)> done) {
+  asio::post(control_, [this, done = std::move(done)] { done(reload()); });
 }
 
 void App::requestReload() {

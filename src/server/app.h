@@ -29,7 +29,7 @@ class App : public admin::ControlPlane {
   void requestShutdown(bool wait_for_clients);
   std::string reload();  // on the control loop; returns a message
   // admin::ControlPlane
-  std::string reloadConfig() override;
+  void reloadConfigAsync(std::function<void(std::string)> done) override;
   void shutdown(bool wait_for_clients) override { requestShutdown(wait_for_clients); }
   session::SessionContext& context() { return ctx_; }
   pool::PoolRegistry& pools() { return *pools_; }

@@ -54,6 +54,10 @@ ClientSession::ClientSession(SessionContext* ctx, net::EventLoop* loop, Socket s
 
 ClientSession::~ClientSession() = default;
 
+const config::Settings& ClientSession::settings() const {
+  return ctx_->loops[loop_->index()]->cfg->settings;
+}
+
 std::string ClientSession::applicationName() const {
   auto it = want_.find("application_name");
   return it == want_.end() ? std::string() : it->second;
@@ -434,7 +438,7 @@ void ClientSession::processClient() {
     if (end > fwd_start) server_->send(data.substr(fwd_start, end - fwd_start));
     fwd_start = end;
   };
-  const int64_t max_packet = ctx_->pools->config()->settings.max_packet_size;
+  const int64_t max_packet = settings().max_packet_size;
   while (pos < data.size() && (state_ == State::kIdle || state_ == State::kActive)) {
     if (discard_left_ > 0) {
       size_t n = std::min(discard_left_, data.size() - pos);
@@ -568,12 +572,12 @@ void ClientSession::onServerAssigned(std::shared_ptr<pool::ServerConn> server) {
 
 void ClientSession::attachServer(std::shared_ptr<pool::ServerConn> server) {
   server_ = std::move(server);
+  server_since_ = now();
   server_->attach(this);
   // A server unused for server_check_delay is checked first; its check and the parameter sync
   // go in one round trip.
   std::string sql;
-  auto cfg = ctx_->pools->config();
-  const auto& s = cfg->settings;
+  const auto& s = settings();
   if (!s.server_check_query.empty() && now() - server_->lastUsed() >= s.server_check_delay) {
     sql = s.server_check_query;
     if (sql.back() != ';') sql += ';';

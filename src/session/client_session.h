@@ -99,6 +99,7 @@ class ClientSession : public pool::PoolClient,
   void releaseServer();
   void dropServer(const std::string& reason);  // close it: its state is unknown
   std::string syncSql() const;
+  const config::Settings& settings() const;  // this loop's current snapshot
 
   SessionContext* ctx_;
   net::EventLoop* loop_;

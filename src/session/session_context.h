@@ -33,6 +33,9 @@ class AdminHandler {
 struct LoopClients {
   net::EventLoop* loop = nullptr;
   std::unordered_set<ClientSession*> clients;  // touched only on `loop`
+  // This loop's copy of the current config snapshot, refreshed by the janitor, so the data path
+  // reads settings without taking the registry's lock. Touched only on `loop`.
+  std::shared_ptr<const config::Config> cfg;
 };
 
 struct SessionContext {

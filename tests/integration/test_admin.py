@@ -153,9 +153,6 @@ def test_show_holders_names_the_client_in_a_transaction(poolers):
 
 
 @pytest.mark.sluice_only(reason="SHOW HOLDERS is sluice's own command")
-@pytest.mark.xfail(IS_SLUICE, strict=True,
-                   reason="held_seconds counts from the last query start until ClientSession sets "
-                          "server_since_ when it attaches a server (attachServer)")
 def test_show_holders_counts_from_when_the_server_was_taken(poolers):
     p = poolers()
     with p.connect() as holder:
