@@ -5,6 +5,7 @@
 
 #include <asio.hpp>
 
+#include <chrono>
 #include <functional>
 #include <thread>
 #include <utility>
@@ -35,6 +36,17 @@ class EventLoop {
   void stop() {
     guard_.reset();
     ctx_.stop();
+  }
+  // Lets the loop run until its outstanding work is done (sockets closed, handlers run), at
+  // most `limit`, then stops it; so that no handler holding a connection outlives the loop.
+  void drainAndJoin(std::chrono::milliseconds limit) {
+    guard_.reset();
+    auto deadline = std::chrono::steady_clock::now() + limit;
+    while (!ctx_.stopped() && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    ctx_.stop();
+    join();
   }
   void join() {
     if (thread_.joinable()) thread_.join();

@@ -60,8 +60,9 @@ int App::run() {
   ctx_.admin = admin_.get();
 
   listen();
-  if (!s.pidfile.empty()) {
-    std::ofstream(s.pidfile) << getpid() << "\n";
+  const std::string pidfile = s.pidfile;  // cfg_ (and `s`) may be replaced by a reload
+  if (!pidfile.empty()) {
+    std::ofstream(pidfile) << getpid() << "\n";
   }
   for (auto& l : loops_) l->start();
   started_at_ = now();
@@ -71,10 +72,26 @@ int App::run() {
   scheduleJanitor();
   control_.run();
 
-  for (auto& l : loops_) l->stop();
-  for (auto& l : loops_) l->join();
+  // Close every connection on its own loop, then let the loops finish their handlers, so that
+  // nothing that owns a socket or timer outlives its io_context.
+  for (auto& p : pools_->all()) p->closeIdle("sluice is stopping");
+  for (auto& lc : ctx_.loops) {
+    session::LoopClients* l = lc.get();
+    l->loop->post([l] {
+      std::vector<std::shared_ptr<session::ClientSession>> clients;
+      for (auto* c : l->clients) clients.push_back(c->shared_from_this());
+      for (auto& c : clients) {
+        protocol::ErrorInfo e;
+        e.severity = "FATAL";
+        e.sqlstate = sqlstate::kAdminShutdown;
+        e.message = "sluice is shutting down";
+        c->closeWithError(e, "shutdown");
+      }
+    });
+  }
+  for (auto& l : loops_) l->drainAndJoin(std::chrono::seconds(2));
   if (!unix_socket_path_.empty()) ::unlink(unix_socket_path_.c_str());
-  if (!s.pidfile.empty()) ::unlink(s.pidfile.c_str());
+  if (!pidfile.empty()) ::unlink(pidfile.c_str());
   SLOG_INFO("sluice stopped");
   return exit_code_;
 }
