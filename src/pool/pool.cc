@@ -64,6 +64,15 @@ bool Pool::mayOpenLocked(bool reserve) {
   return false;
 }
 
+void Pool::growLocked(net::EventLoop* loop, bool reserve) {
+  // One connect per waiter not already covered by a login in flight, at most
+  // server_connect_parallelism logins at once (no login storms against PostgreSQL).
+  while (int(waiters_.size()) > login_ && login_ < settings_.server_connect_parallelism &&
+         mayOpenLocked(reserve)) {
+    launchConnectLocked(loop ? loop : loops_[next_loop_++ % loops_.size()]);
+  }
+}
+
 void Pool::launchConnectLocked(net::EventLoop* loop) {
   ++total_;
   ++login_;
@@ -85,8 +94,16 @@ Pool::AcquireResult Pool::acquire(const std::shared_ptr<PoolClient>& client,
   std::unique_lock lock(mu_);
   auto& local = idle_[loop->index()];
   if (!local.empty() && waiters_.empty()) {
-    auto s = std::move(local.back());
-    local.pop_back();
+    // Most recently used first, so surplus servers age out; server_round_robin spreads the
+    // load over all of them instead.
+    std::shared_ptr<ServerConn> s;
+    if (settings_.server_round_robin) {
+      s = std::move(local.front());
+      local.erase(local.begin());
+    } else {
+      s = std::move(local.back());
+      local.pop_back();
+    }
     --idle_count_;
     s->setState(ServerConn::State::kActive);
     return {std::move(s), 0};
@@ -108,7 +125,7 @@ Pool::AcquireResult Pool::acquire(const std::shared_ptr<PoolClient>& client,
     }
   }
   // One connect per waiter beyond what is already logging in.
-  if (int(waiters_.size()) > login_ && mayOpenLocked(false)) launchConnectLocked(loop);
+  growLocked(loop, false);
   return {nullptr, id};
 }
 
@@ -169,6 +186,27 @@ void Pool::release(std::shared_ptr<ServerConn> server) {
   server->startIdleWatch();
 }
 
+void Pool::resetAndRelease(std::shared_ptr<ServerConn> server) {
+  std::string sql;
+  {
+    std::lock_guard lock(mu_);
+    sql = settings_.server_reset_query;
+  }
+  server->detach();
+  if (sql.empty()) {
+    release(std::move(server));
+    return;
+  }
+  auto self = shared_from_this();
+  server->runInternal(sql, [self, server](Status st) {
+    if (st) {
+      self->release(server);
+    } else {
+      server->close("server_reset_query failed: " + st.message());
+    }
+  });
+}
+
 void Pool::onServerClosed(ServerConn* server) {
   // Pools that share a max_db/max_user budget with this one pick up the freed slot at the next
   // janitor tick (every 100 ms).
@@ -186,9 +224,7 @@ void Pool::onServerClosed(ServerConn* server) {
     }
     registry_->releaseBudget(database_, user_);
     // Whoever waits gets a fresh connect in place of the one that closed.
-    if (!waiters_.empty() && int(waiters_.size()) > login_ && mayOpenLocked(false)) {
-      launchConnectLocked(server->loop());
-    }
+    growLocked(server->loop(), false);
   }
 }
 
@@ -233,6 +269,9 @@ void Pool::onLoginDone(const std::shared_ptr<ServerConn>& server, Status st,
   if (st) {
     SLOG_INFO("{} new server connection", server->describe());
     release(server);
+    // Logins were capped by server_connect_parallelism: start the next ones for who still waits.
+    std::lock_guard lock(mu_);
+    growLocked(server->loop(), false);
   }
 }
 
@@ -296,12 +335,11 @@ void Pool::janitor(TimePoint t) {
     // Grow: one connect per waiter not yet covered; the reserve pool after its timeout.
     if (!waiters_.empty()) {
       bool reserve = !waiters_.arrivedBefore(t - settings_.reserve_pool_timeout).empty();
-      while (int(waiters_.size()) > login_ && mayOpenLocked(reserve)) {
-        launchConnectLocked(loops_[next_loop_++ % loops_.size()]);
-      }
+      growLocked(nullptr, reserve);
     }
     // Keep min_pool_size open.
-    while (total_ < settings_.min_pool_size && mayOpenLocked(false)) {
+    while (total_ < settings_.min_pool_size && login_ < settings_.server_connect_parallelism &&
+           mayOpenLocked(false)) {
       launchConnectLocked(loops_[next_loop_++ % loops_.size()]);
     }
   }

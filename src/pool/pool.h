@@ -51,8 +51,10 @@ struct PoolSettings {
   Millis server_login_retry{15000};
   std::string server_reset_query = "DISCARD ALL";
   bool server_reset_query_always = false;
+  bool server_round_robin = false;
   int max_db_connections = 0;
   int max_user_connections = 0;
+  int server_connect_parallelism = 4;
   ServerLogin login;
 };
 
@@ -86,6 +88,9 @@ class Pool : public std::enable_shared_from_this<Pool> {
   bool cancelWait(uint64_t wait_id);
   // Gives back a server with no transaction open, on the server's loop.
   void release(std::shared_ptr<ServerConn> server);
+  // Runs server_reset_query first (session mode, or server_reset_query_always), then releases;
+  // a server whose reset fails is closed.
+  void resetAndRelease(std::shared_ptr<ServerConn> server);
   // Accounting when a server closes for any reason (called by ServerConn::close).
   void onServerClosed(ServerConn* server);
 
@@ -122,6 +127,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
   };
   // All *Locked functions require mu_.
   bool mayOpenLocked(bool reserve);
+  void growLocked(net::EventLoop* loop, bool reserve);  // loop nullptr: round robin
   void launchConnectLocked(net::EventLoop* loop);
   void deliver(std::shared_ptr<PoolClient> client, std::shared_ptr<ServerConn> server);
   void onLoginDone(const std::shared_ptr<ServerConn>& server, Status st, const std::string& sqlstate);

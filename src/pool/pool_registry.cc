@@ -49,6 +49,8 @@ PoolSettings PoolRegistry::resolve(const config::Config& cfg, const config::User
   p.server_login_retry = s.server_login_retry;
   p.server_reset_query = s.server_reset_query;
   p.server_reset_query_always = s.server_reset_query_always;
+  p.server_round_robin = s.server_round_robin;
+  p.server_connect_parallelism = s.server_connect_parallelism;
   p.max_db_connections = db && db->max_db_connections ? *db->max_db_connections
                                                        : s.max_db_connections;
   p.max_user_connections = u && u->max_user_connections ? *u->max_user_connections

@@ -177,21 +177,7 @@ void ClientSession::closeQuietly(const std::string& reason) {
     if (server_->clean() && server_->pendingCancels == 0 && was == State::kActive) {
       if (mode_ == config::PoolMode::kSession) {
         // Session mode: reset the server's session state before another client gets it.
-        auto server = std::move(server_);
-        auto pool = pool_;
-        server->detach();
-        std::string reset = pool->settings().server_reset_query;
-        if (reset.empty()) {
-          pool->release(server);
-        } else {
-          server->runInternal(reset, [server, pool](Status st) {
-            if (st) {
-              pool->release(server);
-            } else {
-              server->close("server_reset_query failed: " + st.message());
-            }
-          });
-        }
+        pool_->resetAndRelease(std::move(server_));
       } else {
         releaseServer();
       }
@@ -200,11 +186,11 @@ void ClientSession::closeQuietly(const std::string& reason) {
     }
   }
   state_ = State::kClosed;
-  if (pool_) pool_->clientLeft();
+  if (pool_ && joined_pool_) pool_->clientLeft();
   if (cancel_pid_) ctx_->cancels.remove(cancel_pid_, cancel_key_);
   ctx_->loops[loop_->index()]->clients.erase(this);
   ctx_->client_count.fetch_sub(1);
-  if (!database_.empty() && (was != State::kStartup)) {
+  if (!database_.empty() && was != State::kStartup && settings().log_disconnections) {
     SLOG_INFO("{} closing because: {} (age {:.0f} s)", prefix(), reason, secondsSince(connected_at_));
   }
   asio::error_code ec;
@@ -295,6 +281,15 @@ bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
                              k, v));
   }
 
+  if (s.application_name_add_host) {
+    // PgBouncer's format: "app - 10.0.0.5(51234)".
+    auto colon = peer_.rfind(':');
+    std::string host = colon == std::string::npos
+                           ? peer_
+                           : peer_.substr(0, colon) + "(" + peer_.substr(colon + 1) + ")";
+    auto& app = want_["application_name"];
+    app = app.empty() ? host : app + " - " + host;
+  }
   is_admin_ = database_ == "pgbouncer" || database_ == "sluice";
   log_connections_ = s.log_connections;
   const std::string* secret = nullptr;
@@ -398,6 +393,7 @@ void ClientSession::finishLogin() {
     return;
   }
   pool_->clientJoined();
+  joined_pool_ = true;
   if (pool_->hasWelcome()) {
     sendWelcome();
     return;
@@ -658,8 +654,11 @@ void ClientSession::releaseServer() {
     auto it = server_->params().find(k);
     if (it != server_->params().end()) v = it->second;
   }
-  auto s = std::move(server_);
-  pool_->release(std::move(s));
+  if (settings().server_reset_query_always) {
+    pool_->resetAndRelease(std::move(server_));
+  } else {
+    pool_->release(std::move(server_));
+  }
 }
 
 void ClientSession::dropServer(const std::string& reason) {

@@ -108,6 +108,7 @@ class ClientSession : public pool::PoolClient,
   std::string peer_;
   State state_ = State::kStartup;
   bool is_admin_ = false;
+  bool joined_pool_ = false;  // counted in the pool's clients
   bool admin_busy_ = false;  // an admin command is being answered
   bool log_connections_ = true;
 

@@ -69,3 +69,18 @@ def test_set_in_rolled_back_transaction_does_not_stick(one_server):
         for _ in range(2):
             assert b.execute("SHOW TimeZone").fetchone()[0] == "America/New_York"
             assert a.execute("SHOW TimeZone").fetchone()[0] == "Asia/Tokyo"
+
+
+def test_server_reset_query_always_resets_between_transactions(poolers):
+    p = poolers(settings={"pool_mode": "transaction", "default_pool_size": 1,
+                          "server_reset_query_always": 1})
+    with p.connect() as a, p.connect() as b:
+        a.execute("SET statement_timeout = '123s'")
+        assert b.execute("SHOW statement_timeout").fetchone()[0] != "123s"
+
+
+def test_application_name_add_host(poolers):
+    p = poolers(settings={"application_name_add_host": 1})
+    with p.connect(application_name="billing") as c:
+        name = c.execute("SELECT current_setting('application_name')").fetchone()[0]
+    assert name.startswith("billing - 127.0.0.1("), name
