@@ -1005,7 +1005,7 @@ void AdminConsole::killClient(Call& call) {
         e.sqlstate = sqlstate::kAdminShutdown;
         e.message =
             "sluice: terminating connection due to administrator command (KILL_CLIENT " + arg + ")";
-        keep->closeWithError(e, "KILL_CLIENT from the admin console");
+        keep->closeWithError(e, stats::CloseReason::kAdminKill);
         return 1;
       },
       [reply, arg](std::vector<int>& found) {

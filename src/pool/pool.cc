@@ -19,7 +19,9 @@ Pool::Pool(PoolRegistry* registry, std::string database, std::string user, PoolS
       user_(std::move(user)),
       loops_(loops),
       settings_(std::move(settings)),
-      idle_(loops.size()) {}
+      idle_(loops.size()) {
+  for (size_t i = 0; i < loops.size(); ++i) shards_.push_back(std::make_unique<PoolShard>());
+}
 
 PoolSettings Pool::settings() const {
   std::lock_guard lock(mu_);
@@ -82,6 +84,7 @@ void Pool::launchConnectLocked(net::EventLoop* loop) {
   server->generation = generation_;
   auto self = shared_from_this();
   loop->post([self, server, login = std::move(login)]() mutable {
+    self->shard(server->loop()->index()).server_connects.add();
     server->connect(login, [self, server](Status st, std::string sqlstate) {
       self->onLoginDone(server, std::move(st), sqlstate);
     });
@@ -243,6 +246,7 @@ void Pool::onLoginDone(const std::shared_ptr<ServerConn>& server, Status st,
         has_welcome_ = true;
       }
     } else {
+      shard(server->loop()->index()).server_login_failures.add();
       ++login_failures_;
       last_login_error_ = st.message();
       last_login_sqlstate_ = sqlstate;

@@ -8,6 +8,7 @@
 // that fails or times out stops counting at once (no phantom connections).
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <functional>
 #include <memory>
@@ -22,6 +23,8 @@
 #include "overload/wait_queue.h"
 #include "pool/server_conn.h"
 #include "protocol/wire.h"
+#include "stats/close_reason.h"
+#include "stats/counter.h"
 
 namespace sluice::pool {
 
@@ -72,6 +75,23 @@ struct PoolStats {
   double max_wait_s = 0;
 };
 
+// Statistics of one pool written by one loop (a shard per loop; see stats/counter.h).
+struct PoolShard {
+  stats::Counter xact_count;        // transactions completed (ReadyForQuery back to idle)
+  stats::Counter query_count;       // Query and Sync messages relayed
+  stats::Counter bytes_received;    // from clients
+  stats::Counter bytes_sent;        // to clients
+  stats::Counter xact_time_us;
+  stats::Counter query_time_us;
+  stats::Counter wait_time_us;      // clients waiting for a server
+  stats::Counter client_logins;
+  stats::Counter server_connects;   // logins started
+  stats::Counter server_login_failures;
+  stats::Histogram wait_seconds;    // acquire time, 0 when a server was free
+  stats::Histogram hold_seconds;    // how long a client held a server (transaction mode: per tx)
+  std::array<stats::Counter, stats::kNumCloseReasons> disconnects;
+};
+
 class Pool : public std::enable_shared_from_this<Pool> {
  public:
   Pool(PoolRegistry* registry, std::string database, std::string user, PoolSettings settings,
@@ -117,6 +137,9 @@ class Pool : public std::enable_shared_from_this<Pool> {
     return idle_[size_t(loop_index)];
   }
 
+  PoolShard& shard(int loop_index) { return *shards_[size_t(loop_index)]; }
+  const std::vector<std::unique_ptr<PoolShard>>& shards() const { return shards_; }
+
   const std::string& database() const { return database_; }
   const std::string& user() const { return user_; }
   std::string name() const { return database_ + "/" + user_; }
@@ -138,6 +161,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
   const std::string database_;
   const std::string user_;
   std::vector<net::EventLoop*> loops_;
+  std::vector<std::unique_ptr<PoolShard>> shards_;  // one per loop, fixed at construction
 
   mutable std::mutex mu_;
   PoolSettings settings_;                                      // GUARDED_BY(mu_)

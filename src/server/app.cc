@@ -85,7 +85,7 @@ int App::run() {
         e.severity = "FATAL";
         e.sqlstate = sqlstate::kAdminShutdown;
         e.message = "sluice is shutting down";
-        c->closeWithError(e, "shutdown");
+        c->closeWithError(e, stats::CloseReason::kShutdown);
       }
     });
   }
@@ -340,7 +340,7 @@ void App::shutdownTick() {
         e.severity = "FATAL";
         e.sqlstate = sqlstate::kAdminShutdown;
         e.message = "sluice is shutting down";
-        c->closeWithError(e, "shutdown");
+        c->closeWithError(e, stats::CloseReason::kShutdown);
       }
       if (pending->fetch_sub(1) == 1 && remaining->load() == 0) {
         asio::post(control_, [this] {

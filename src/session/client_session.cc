@@ -12,6 +12,7 @@
 namespace sluice::session {
 
 using protocol::ErrorInfo;
+using stats::CloseReason;
 using ServerState = pool::ServerConn::State;
 
 namespace {
@@ -89,8 +90,11 @@ void ClientSession::onRead(const asio::error_code& ec, size_t n) {
   if (state_ == State::kClosed) return;
   if (close_after_write_) return;  // an error is on its way out; nothing more is read
   if (ec) {
-    closeQuietly(ec == asio::error::eof ? "client closed the connection"
-                                        : "client read error: " + ec.message());
+    if (ec == asio::error::eof) {
+      closeQuietly(CloseReason::kClientEof);
+    } else {
+      closeQuietly(CloseReason::kClientIoError, "read: " + ec.message());
+    }
     return;
   }
   in_.commit(n);
@@ -128,7 +132,7 @@ void ClientSession::send(std::string_view bytes) {
 void ClientSession::flushWrites() {
   if (write_in_flight_ || state_ == State::kClosed) return;
   if (out_.empty()) {
-    if (close_after_write_) closeQuietly("closed after error");
+    if (close_after_write_) closeQuietly(close_reason_);
     return;
   }
   write_in_flight_ = true;
@@ -139,7 +143,7 @@ void ClientSession::flushWrites() {
     self->write_in_flight_ = false;
     if (self->state_ == State::kClosed) return;
     if (ec) {
-      self->closeQuietly("client write error: " + ec.message());
+      self->closeQuietly(CloseReason::kClientIoError, "write: " + ec.message());
       return;
     }
     self->writing_.clear();
@@ -151,23 +155,38 @@ void ClientSession::flushWrites() {
 
 bool ClientSession::wantsMore() const { return out_.size() < kHighWatermark; }
 
-void ClientSession::closeWithError(const ErrorInfo& e, const std::string& reason) {
-  if (state_ == State::kClosed) return;
+void ClientSession::closeWithError(CloseReason reason, std::string message) {
+  ErrorInfo e;
+  e.severity = "FATAL";
+  e.sqlstate = stats::closeReasonSqlstate(reason);
+  e.message = std::move(message);
+  closeWithError(e, reason);
+}
+
+void ClientSession::closeWithError(const ErrorInfo& e, CloseReason reason) {
+  if (closing()) return;
   std::string msg;
   protocol::appendError(msg, e);
   send(msg);
-  SLOG_INFO("{} closing: {}", prefix(), reason);
+  close_reason_ = reason;
+  close_detail_ = e.message;
   close_after_write_ = true;
   if (wait_id_ && pool_) {
     pool_->cancelWait(wait_id_);
     wait_id_ = 0;
   }
-  if (server_) dropServer(reason);
-  flushWrites();
+  if (server_) dropServer(std::string("client closed: ") + stats::closeReasonToken(reason));
+  flushWrites();  // closeQuietly() follows once the error is written
 }
 
-void ClientSession::closeQuietly(const std::string& reason) {
+void ClientSession::closeQuietly(CloseReason reason, const std::string& detail) {
   if (state_ == State::kClosed) return;
+  if (close_after_write_) {
+    reason = close_reason_;  // the error already sent names the real reason
+  } else {
+    close_reason_ = reason;
+    close_detail_ = detail;
+  }
   State was = state_;
   if (wait_id_ && pool_) {
     pool_->cancelWait(wait_id_);
@@ -186,12 +205,17 @@ void ClientSession::closeQuietly(const std::string& reason) {
     }
   }
   state_ = State::kClosed;
+  auto& counters = pool_ ? pool_->shard(loop_->index()).disconnects
+                         : ctx_->loops[loop_->index()]->disconnects;
+  counters[static_cast<int>(reason)].add();
   if (pool_ && joined_pool_) pool_->clientLeft();
   if (cancel_pid_) ctx_->cancels.remove(cancel_pid_, cancel_key_);
   ctx_->loops[loop_->index()]->clients.erase(this);
   ctx_->client_count.fetch_sub(1);
-  if (!database_.empty() && was != State::kStartup && settings().log_disconnections) {
-    SLOG_INFO("{} closing because: {} (age {:.0f} s)", prefix(), reason, secondsSince(connected_at_));
+  if (reason != CloseReason::kCancelRequest && settings().log_disconnections) {
+    SLOG_INFO("{} closing: {}{}{} (age {:.0f} s, {} transactions)", prefix(),
+              stats::closeReasonToken(reason), close_detail_.empty() ? "" : ": ", close_detail_,
+              secondsSince(connected_at_), transactions_);
   }
   asio::error_code ec;
   socket_.close(ec);
@@ -204,11 +228,8 @@ void ClientSession::processStartup() {
     if (in_.size() < 4) break;
     uint32_t len = protocol::readU32(in_.data().data());
     if (len < 8 || len > protocol::kMaxStartupPacket) {
-      closeWithError(makeError(sqlstate::kProtocolViolation,
-                               fmt::format("sluice: invalid startup packet length {} (at most {})",
-                                           len, protocol::kMaxStartupPacket),
-                               "FATAL"),
-                     "bad startup packet");
+      closeWithError(CloseReason::kBadStartup, fmt::format("sluice: invalid startup packet length {} (at most {})",
+                                           len, protocol::kMaxStartupPacket));
       return;
     }
     if (in_.size() < len) break;
@@ -223,12 +244,11 @@ void ClientSession::processStartup() {
       if (auto target = ctx_->cancels.find(c->pid, c->key)) {
         target->clientLoop()->post([target] { target->onCancelRequest(); });
       }
-      closeQuietly("cancel request");
+      closeQuietly(CloseReason::kCancelRequest);
       return;
     }
     if (auto* e = std::get_if<protocol::StartupError>(&pkt)) {
-      closeWithError(makeError(sqlstate::kProtocolViolation, "sluice: " + e->message, "FATAL"),
-                     "bad startup packet");
+      closeWithError(CloseReason::kBadStartup, "sluice: " + e->message);
       return;
     }
     handleStartupMessage(std::get<protocol::StartupMessage>(pkt));
@@ -240,24 +260,24 @@ void ClientSession::processStartup() {
 bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
   auto cfg = ctx_->pools->config();
   const auto& s = cfg->settings;
-  auto fatal = [&](const char* code, std::string msg) {
-    closeWithError(makeError(code, std::move(msg), "FATAL"), "login refused");
+  auto fatal = [&](CloseReason reason, std::string msg) {
+    closeWithError(reason, std::move(msg));
     return false;
   };
   const std::string* user = m.find("user");
-  if (!user || user->empty()) return fatal(sqlstate::kInvalidAuthorization, "no user name given");
+  if (!user || user->empty()) return fatal(CloseReason::kNoUser, "no user name given");
   user_ = *user;
   const std::string* db = m.find("database");
   database_ = db && !db->empty() ? *db : user_;
 
   if (ctx_->client_count.load() > s.max_client_conn) {
-    return fatal(sqlstate::kTooManyConnections,
+    return fatal(CloseReason::kMaxClientConn,
                  fmt::format("sluice: no more connections allowed: max_client_conn ({}) reached; "
                              "raise max_client_conn or use fewer client connections",
                              s.max_client_conn));
   }
   if (ctx_->shutting_down.load()) {
-    return fatal(sqlstate::kCannotConnectNow, "sluice is shutting down");
+    return fatal(CloseReason::kShuttingDown, "sluice is shutting down");
   }
   for (const auto& [k, v] : m.params) {
     if (k == "user" || k == "database") continue;
@@ -275,7 +295,7 @@ bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
         s.ignore_startup_parameters.end()) {
       continue;
     }
-    return fatal(sqlstate::kFeatureNotSupported,
+    return fatal(CloseReason::kUnsupportedParameter,
                  fmt::format("sluice: unsupported startup parameter: {}={} (add it to "
                              "ignore_startup_parameters to let clients send it)",
                              k, v));
@@ -300,14 +320,15 @@ bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
     bool allowed = std::find(s.admin_users.begin(), s.admin_users.end(), user_) != s.admin_users.end() ||
                    std::find(s.stats_users.begin(), s.stats_users.end(), user_) != s.stats_users.end();
     if (!allowed) {
-      return fatal(sqlstate::kInvalidAuthorization,
+      return fatal(CloseReason::kNotAllowed,
                    "sluice: not allowed to use the admin console: \"" + user_ +
                        "\" is in neither admin_users nor stats_users");
     }
   } else {
     std::string err;
     pool_ = ctx_->pools->get(database_, user_, &err);
-    if (!pool_) return fatal(sqlstate::kInvalidCatalogName, err);
+    if (!pool_) return fatal(CloseReason::kUnknownDatabase, err);
+    stats_ = &pool_->shard(loop_->index());
     mode_ = pool_->settings().mode;
     // A password given in [databases] also authenticates clients of that user.
     if (!secret) {
@@ -319,20 +340,18 @@ bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
   }
   if (type == config::AuthType::kTrust && !s.auth_file.empty() && !secret) {
     // PgBouncer's rule: with trust, the user must still be listed in auth_file.
-    return fatal(sqlstate::kInvalidAuthorization,
+    return fatal(CloseReason::kNotAllowed,
                  "sluice: \"trust\" authentication failed for user \"" + user_ +
                      "\": with auth_type = trust the user must still be listed in auth_file");
   }
   state_ = State::kAuth;
   auth_ = std::make_unique<auth::ClientAuth>(type, user_, secret);
   auto step = auth_->start();
-  send(step.out);
   if (step.outcome == auth::ClientAuth::Outcome::kFailed) {
-    SLOG_INFO("{} login failed: {}", prefix(), step.error.message);
-    close_after_write_ = true;
-    flushWrites();
+    closeWithError(step.error, CloseReason::kAuthFailed);
     return false;
   }
+  send(step.out);
   if (step.outcome == auth::ClientAuth::Outcome::kOk) finishLogin();
   return false;  // the rest of the buffer is handled by the next phase
 }
@@ -342,22 +361,18 @@ void ClientSession::processAuth() {
     auto hdr = protocol::peekHeader(in_.data());
     if (!hdr) break;
     if (hdr->type != 'p' || hdr->length < 4 || hdr->length > 16 * 1024) {
-      closeWithError(makeError(sqlstate::kProtocolViolation,
-                               "sluice: expected a password message during authentication", "FATAL"),
-                     "protocol violation during auth");
+      closeWithError(CloseReason::kProtocolViolation, "sluice: expected a password message during authentication");
       return;
     }
     if (in_.size() < hdr->total()) break;
     std::string payload(in_.data().substr(5, hdr->length - 4));
     in_.consume(hdr->total());
     auto step = auth_->onPasswordMessage(payload);
-    send(step.out);
     if (step.outcome == auth::ClientAuth::Outcome::kFailed) {
-      SLOG_INFO("{} login failed: {}", prefix(), step.error.message);
-      close_after_write_ = true;
-      flushWrites();
+      closeWithError(step.error, CloseReason::kAuthFailed);
       return;
     }
+    send(step.out);
     if (step.outcome == auth::ClientAuth::Outcome::kOk) {
       if (auto key = auth_->scramClientKey(); key && pool_) pool_->learnScramClientKey(*key);
       finishLogin();
@@ -394,6 +409,7 @@ void ClientSession::finishLogin() {
   }
   pool_->clientJoined();
   joined_pool_ = true;
+  stats_->client_logins.add();
   if (pool_->hasWelcome()) {
     sendWelcome();
     return;
@@ -431,7 +447,10 @@ void ClientSession::processClient() {
   size_t pos = 0;
   size_t fwd_start = 0;
   auto forward = [&](size_t end) {
-    if (end > fwd_start) server_->send(data.substr(fwd_start, end - fwd_start));
+    if (end > fwd_start) {
+      server_->send(data.substr(fwd_start, end - fwd_start));
+      stats_->bytes_received.add(end - fwd_start);
+    }
     fwd_start = end;
   };
   const int64_t max_packet = settings().max_packet_size;
@@ -453,19 +472,15 @@ void ClientSession::processClient() {
     if (!hdr) break;
     if (hdr->length < 4 || int64_t(hdr->length) > max_packet) {
       if (server_) forward(pos);
-      closeWithError(
-          makeError(sqlstate::kProtocolViolation,
-                    fmt::format("sluice: invalid message length {} for message type '{}' (max_packet_size is {})",
-                                hdr->length, hdr->type, max_packet),
-                    "FATAL"),
-          "bad message length");
+      closeWithError(CloseReason::kProtocolViolation, fmt::format("sluice: invalid message length {} for message type '{}' (max_packet_size is {})",
+                                hdr->length, hdr->type, max_packet));
       return;
     }
     char t = hdr->type;
     if (t == 'X') {
       if (server_) forward(pos);
       in_.consume(pos + std::min(hdr->total(), data.size() - pos));
-      closeQuietly("client sent Terminate");
+      closeQuietly(CloseReason::kClientTerminate);
       return;
     }
     if (!server_) {
@@ -479,13 +494,14 @@ void ClientSession::processClient() {
     switch (t) {
       case 'Q':
       case 'F':
-        server_->noteQueryForwarded();
-        if (server_->owedReady() == 1) request_started_ = now();
-        break;
       case 'S':
         server_->noteQueryForwarded();
-        server_->setUnsynced(false);
-        if (server_->owedReady() == 1) request_started_ = now();
+        if (t == 'S') server_->setUnsynced(false);
+        stats_->query_count.add();
+        if (server_->owedReady() == 1) {
+          request_started_ = now();
+          if (server_->txStatus() == 'I') xact_started_ = request_started_;
+        }
         break;
       case 'P':
       case 'B':
@@ -501,9 +517,7 @@ void ClientSession::processClient() {
         break;
       default:
         forward(pos);
-        closeWithError(makeError(sqlstate::kProtocolViolation,
-                                 fmt::format("sluice: unknown message type '{}'", t), "FATAL"),
-                       "protocol violation");
+        closeWithError(CloseReason::kProtocolViolation, fmt::format("sluice: unknown message type '{}'", t));
         return;
     }
     size_t n = std::min(hdr->total(), data.size() - pos);
@@ -569,6 +583,9 @@ void ClientSession::onServerAssigned(std::shared_ptr<pool::ServerConn> server) {
 void ClientSession::attachServer(std::shared_ptr<pool::ServerConn> server) {
   server_ = std::move(server);
   server_since_ = now();
+  double waited = std::chrono::duration<double>(server_since_ - wait_started_).count();
+  stats_->wait_seconds.observe(waited);
+  stats_->wait_time_us.add(uint64_t(waited * 1e6));
   server_->attach(this);
   // A server unused for server_check_delay is checked first; its check and the parameter sync
   // go in one round trip.
@@ -596,11 +613,8 @@ void ClientSession::attachServer(std::shared_ptr<pool::ServerConn> server) {
       return;
     }
     if (!st) {
-      self->closeWithError(makeError(sqlstate::kInvalidParameterValue,
-                                     "sluice: could not apply client parameters on the server: " +
-                                         st.message(),
-                                     "FATAL"),
-                           "parameter sync failed");
+      self->closeWithError(CloseReason::kParameterSyncFailed, "sluice: could not apply client parameters on the server: " +
+                                         st.message());
       return;
     }
     self->state_ = State::kActive;
@@ -622,19 +636,27 @@ std::string ClientSession::syncSql() const {
 }
 
 void ClientSession::onServerData(std::string_view bytes) {
+  stats_->bytes_sent.add(bytes.size());
   out_.append(bytes);
   flushWrites();
 }
 
 void ClientSession::onServerReady() {
   if (!server_) return;
+  auto t = now();
+  stats_->query_time_us.add(uint64_t(std::chrono::duration_cast<std::chrono::microseconds>(
+                                          t - request_started_).count()));
+  if (server_->txStatus() == 'I' && xact_started_ != TimePoint{}) {
+    stats_->xact_count.add();
+    stats_->xact_time_us.add(uint64_t(
+        std::chrono::duration_cast<std::chrono::microseconds>(t - xact_started_).count()));
+    xact_started_ = {};
+    ++transactions_;
+  }
   if (server_->txStatus() != 'I' && mode_ == config::PoolMode::kStatement) {
-    closeWithError(makeError(sqlstate::kFeatureNotSupported,
-                             "sluice: transaction blocks are not allowed in statement pool mode "
+    closeWithError(CloseReason::kTransactionInStatementMode, "sluice: transaction blocks are not allowed in statement pool mode "
                              "(pool_mode = statement for " +
-                                 pool_->name() + ")",
-                             "FATAL"),
-                   "transaction in statement mode");
+                                 pool_->name() + ")");
     return;
   }
   if (mode_ == config::PoolMode::kSession || !server_->clean()) return;
@@ -649,6 +671,7 @@ void ClientSession::releaseServer() {
     release_when_cancelled_ = true;  // a cancel for this server is still in flight
     return;
   }
+  stats_->hold_seconds.observe(secondsSince(server_since_));
   // Whatever the client changed with SET is its own from now on.
   for (auto& [k, v] : want_) {
     auto it = server_->params().find(k);
@@ -673,7 +696,7 @@ void ClientSession::onServerGone(const ErrorInfo& error) {
   ErrorInfo e = error;
   e.severity = "FATAL";
   e.message = "sluice: server connection lost: " + error.message;
-  closeWithError(e, "server connection lost");
+  closeWithError(e, CloseReason::kServerLost);
 }
 
 void ClientSession::onAcquireFailed(const ErrorInfo& error) {
@@ -681,7 +704,7 @@ void ClientSession::onAcquireFailed(const ErrorInfo& error) {
   wait_id_ = 0;
   ErrorInfo e = error;
   if (state_ == State::kWelcome) e.severity = "FATAL";
-  closeWithError(e, "no server connection: " + error.message);
+  closeWithError(e, CloseReason::kNoServer);
 }
 
 void ClientSession::onCancelRequest() {
@@ -758,53 +781,37 @@ void ClientSession::janitor(TimePoint t, const config::Settings& s) {
     case State::kStartup:
     case State::kAuth:
       if (over(connected_at_, s.client_login_timeout)) {
-        closeWithError(makeError(sqlstate::kProtocolViolation,
-                                 fmt::format("sluice: client_login_timeout ({} s) expired before "
+        closeWithError(CloseReason::kClientLoginTimeout, fmt::format("sluice: client_login_timeout ({} s) expired before "
                                              "login completed",
-                                             secs(s.client_login_timeout)),
-                                 "FATAL"),
-                       "client_login_timeout");
+                                             secs(s.client_login_timeout)));
       }
       break;
     case State::kIdle:
       if (over(last_activity_, s.client_idle_timeout)) {
-        closeWithError(makeError(sqlstate::kIdleSessionTimeout,
-                                 fmt::format("sluice: client_idle_timeout ({} s): the connection "
+        closeWithError(CloseReason::kClientIdleTimeout, fmt::format("sluice: client_idle_timeout ({} s): the connection "
                                              "was idle too long",
-                                             secs(s.client_idle_timeout)),
-                                 "FATAL"),
-                       "client_idle_timeout");
+                                             secs(s.client_idle_timeout)));
       }
       break;
     case State::kActive: {
       if (!server_) break;
       if (server_->owedReady() > 0) {
         if (over(request_started_, s.query_timeout)) {
-          closeWithError(makeError(sqlstate::kQueryCanceled,
-                                   fmt::format("sluice: query_timeout ({} s) exceeded; the query "
+          closeWithError(CloseReason::kQueryTimeout, fmt::format("sluice: query_timeout ({} s) exceeded; the query "
                                                "was stopped and the connection closed",
-                                               secs(s.query_timeout)),
-                                   "FATAL"),
-                         "query_timeout");
+                                               secs(s.query_timeout)));
         }
       } else if (server_->txStatus() != 'I') {
         if (over(last_activity_, s.idle_transaction_timeout)) {
-          closeWithError(
-              makeError(sqlstate::kIdleInTransactionTimeout,
-                        fmt::format("sluice: idle_transaction_timeout ({} s): the transaction was "
+          closeWithError(CloseReason::kIdleTransactionTimeout, fmt::format("sluice: idle_transaction_timeout ({} s): the transaction was "
                                     "idle too long and was rolled back; its server connection "
                                     "went back to the pool",
-                                    secs(s.idle_transaction_timeout)),
-                        "FATAL"),
-              "idle_transaction_timeout");
+                                    secs(s.idle_transaction_timeout)));
         }
       } else if (over(last_activity_, s.client_idle_timeout)) {
-        closeWithError(makeError(sqlstate::kIdleSessionTimeout,
-                                 fmt::format("sluice: client_idle_timeout ({} s): the connection "
+        closeWithError(CloseReason::kClientIdleTimeout, fmt::format("sluice: client_idle_timeout ({} s): the connection "
                                              "was idle too long",
-                                             secs(s.client_idle_timeout)),
-                                 "FATAL"),
-                       "client_idle_timeout");
+                                             secs(s.client_idle_timeout)));
       }
       break;
     }
@@ -823,15 +830,14 @@ void ClientSession::processAdmin() {
     auto hdr = protocol::peekHeader(in_.data());
     if (!hdr) break;
     if (hdr->length < 4 || hdr->length > 1024 * 1024) {
-      closeWithError(makeError(sqlstate::kProtocolViolation, "sluice: invalid message length", "FATAL"),
-                     "bad admin message");
+      closeWithError(CloseReason::kProtocolViolation, "sluice: invalid message length");
       return;
     }
     if (in_.size() < hdr->total()) break;
     std::string payload(in_.data().substr(5, hdr->length - 4));
     in_.consume(hdr->total());
     if (hdr->type == 'X') {
-      closeQuietly("client sent Terminate");
+      closeQuietly(CloseReason::kClientTerminate);
       return;
     }
     if (hdr->type != 'Q') {

@@ -22,6 +22,7 @@
 #include "pool/pool.h"
 #include "pool/server_conn.h"
 #include "session/session_context.h"
+#include "stats/close_reason.h"
 
 namespace sluice::session {
 
@@ -49,7 +50,10 @@ class ClientSession : public pool::PoolClient,
   // Events from other components (on this loop).
   void onCancelRequest();
   void janitor(TimePoint t, const config::Settings& s);
-  void closeWithError(const protocol::ErrorInfo& e, const std::string& reason);
+  // The only exits: closeWithError() tells the client why (FATAL, the reason's SQLSTATE) and
+  // closes once that is written; closeQuietly() closes at once. Both count the reason.
+  void closeWithError(stats::CloseReason reason, std::string message);
+  void closeWithError(const protocol::ErrorInfo& e, stats::CloseReason reason);
 
   // PoolClient
   void onServerAssigned(std::shared_ptr<pool::ServerConn> server) override;
@@ -84,7 +88,7 @@ class ClientSession : public pool::PoolClient,
   void onRead(const asio::error_code& ec, size_t n);
   void send(std::string_view bytes);
   void flushWrites();
-  void closeQuietly(const std::string& reason);  // no error to the client
+  void closeQuietly(stats::CloseReason reason, const std::string& detail = "");
 
   void processStartup();
   bool handleStartupMessage(const protocol::StartupMessage& m);
@@ -118,6 +122,9 @@ class ClientSession : public pool::PoolClient,
   bool write_in_flight_ = false;
   bool read_in_flight_ = false;
   bool close_after_write_ = false;
+  stats::CloseReason close_reason_ = stats::CloseReason::kClientEof;
+  std::string close_detail_;
+  uint64_t transactions_ = 0;  // server releases, for the close log line
   size_t passthrough_left_ = 0;  // bytes of a relayed client message not yet read
   size_t discard_left_ = 0;      // bytes of a cancelled message still to drop
 
@@ -126,6 +133,7 @@ class ClientSession : public pool::PoolClient,
   std::map<std::string, std::string> want_;  // tracked parameters as this client should see them
   std::unique_ptr<auth::ClientAuth> auth_;
   std::shared_ptr<pool::Pool> pool_;
+  pool::PoolShard* stats_ = nullptr;  // this loop's statistics shard of pool_
   config::PoolMode mode_ = config::PoolMode::kSession;
   std::shared_ptr<pool::ServerConn> server_;
   uint64_t wait_id_ = 0;
@@ -136,6 +144,7 @@ class ClientSession : public pool::PoolClient,
   TimePoint connected_at_;
   TimePoint last_activity_;
   TimePoint request_started_;
+  TimePoint xact_started_;    // first request of the current transaction
   TimePoint wait_started_;
   TimePoint server_since_;  // when server_ was attached: how long this client has held it
 };

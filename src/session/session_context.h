@@ -3,6 +3,7 @@
 // thread-safe (atomics, or classes with their own locks).
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <functional>
 #include <memory>
@@ -13,6 +14,8 @@
 #include "net/event_loop.h"
 #include "pool/pool_registry.h"
 #include "session/cancel_registry.h"
+#include "stats/close_reason.h"
+#include "stats/counter.h"
 
 namespace sluice::session {
 
@@ -36,6 +39,8 @@ struct LoopClients {
   // This loop's copy of the current config snapshot, refreshed by the janitor, so the data path
   // reads settings without taking the registry's lock. Touched only on `loop`.
   std::shared_ptr<const config::Config> cfg;
+  // Closes of clients that never reached a pool (bad startup, unknown database, ...).
+  std::array<stats::Counter, stats::kNumCloseReasons> disconnects;
 };
 
 struct SessionContext {
