@@ -1,6 +1,5 @@
 // sluice: flags in, run, exit code out.
 #include <CLI/CLI.hpp>
-
 #include <cstdio>
 #include <iostream>
 
@@ -12,10 +11,12 @@ int main(int argc, char** argv) {
   cli.set_version_flag("--version,-V", std::string("sluice ") + SLUICE_VERSION);
   cli.require_subcommand(1);
   std::string config_path;
-  auto* serve = cli.add_subcommand("serve", "run the pooler in the foreground with CONFIG (pgbouncer.ini format)");
+  auto* serve = cli.add_subcommand(
+      "serve", "run the pooler in the foreground with CONFIG (pgbouncer.ini format)");
   serve->add_option("config", config_path, "path to the configuration file")->required();
   bool check_only = false;
-  auto* check = cli.add_subcommand("check-config", "load and validate CONFIG, print warnings, exit");
+  auto* check =
+      cli.add_subcommand("check-config", "load and validate CONFIG, print warnings, exit");
   check->add_option("config", config_path, "path to the configuration file")->required();
   CLI11_PARSE(cli, argc, argv);
 

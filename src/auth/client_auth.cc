@@ -44,7 +44,7 @@ ClientAuth::Step ClientAuth::start() {
     case AuthType::kMd5:
       // PgBouncer's rule: md5 auth with a SCRAM secret on file upgrades to SCRAM.
       method_ = secret_ && protocol::secretKind(*secret_) == SecretKind::kScram ? Method::kScram
-                                                                               : Method::kMd5;
+                                                                                : Method::kMd5;
       break;
     case AuthType::kScramSha256:
       method_ = Method::kScram;
@@ -118,8 +118,9 @@ ClientAuth::Step ClientAuth::onPasswordMessage(std::string_view payload) {
         expected_secret = "md5" + protocol::md5Hex(protocol::randomBytes(16));  // never matches
       }
       std::string expected = protocol::md5SaltedResponse(expected_secret, salt_);
-      return protocol::constantTimeEquals(got, expected) ? ok()
-                                                         : fail(sqlstate::kInvalidPassword, bad_password);
+      return protocol::constantTimeEquals(got, expected)
+                 ? ok()
+                 : fail(sqlstate::kInvalidPassword, bad_password);
     }
     case Method::kScram: {
       if (!scram_first_done_) {
@@ -154,7 +155,8 @@ ClientAuth::Step ClientAuth::onPasswordMessage(std::string_view payload) {
         }
         scram_.emplace(*secret);
         auto res = scram_->handleClientFirst(data);
-        if (!res) return fail(sqlstate::kProtocolViolation, "malformed SCRAM message: " + res.message());
+        if (!res)
+          return fail(sqlstate::kProtocolViolation, "malformed SCRAM message: " + res.message());
         Step s;
         protocol::appendAuthRequest(s.out, protocol::kAuthSaslContinue, *res);
         return s;

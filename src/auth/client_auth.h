@@ -21,8 +21,8 @@ class ClientAuth {
   enum class Outcome { kContinue, kOk, kFailed };
   struct Step {
     Outcome outcome = Outcome::kContinue;
-    std::string out;               // messages to send to the client (requests or final error)
-    protocol::ErrorInfo error;     // when kFailed
+    std::string out;            // messages to send to the client (requests or final error)
+    protocol::ErrorInfo error;  // when kFailed
   };
 
   // `secret` is the user's auth_file/[databases] secret, nullptr if unknown.

@@ -16,7 +16,7 @@ void initLogging(const std::string& logfile, int verbose) {
   }
   auto logger = std::make_shared<spdlog::logger>("sluice", sinks.begin(), sinks.end());
   logger->set_pattern("%Y-%m-%d %H:%M:%S.%e [%P] %^%l%$ %v");
-  logger->set_level(verbose >= 2 ? spdlog::level::trace
+  logger->set_level(verbose >= 2   ? spdlog::level::trace
                     : verbose == 1 ? spdlog::level::debug
                                    : spdlog::level::info);
   logger->flush_on(spdlog::level::info);

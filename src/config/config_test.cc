@@ -411,8 +411,7 @@ TEST(ConfigTest, PlainTextSslModesDoNotWarn) {
 }
 
 TEST(ConfigTest, TlsSslModesWarn) {
-  auto config = parse(
-      "[pgbouncer]\nclient_tls_sslmode = prefer\nclient_tls_sslmode = allow\n");
+  auto config = parse("[pgbouncer]\nclient_tls_sslmode = prefer\nclient_tls_sslmode = allow\n");
   EXPECT_EQ(config->warnings, (std::vector<std::string>{notImplemented(2, "client_tls_sslmode"),
                                                         notImplemented(3, "client_tls_sslmode")}));
   EXPECT_EQ(errorOf("[pgbouncer]\nclient_tls_sslmode = require\n"),

@@ -4,7 +4,6 @@
 #pragma once
 
 #include <asio.hpp>
-
 #include <chrono>
 #include <functional>
 #include <thread>

@@ -173,7 +173,9 @@ void Pool::release(std::shared_ptr<ServerConn> server) {
   bool stale = server->generation < generation_;
   if (too_old || stale || total_ > settings_.pool_size + settings_.reserve_pool_size) {
     lock.unlock();
-    server->close(too_old ? "server_lifetime reached" : stale ? "pool reconfigured" : "pool shrank");
+    server->close(too_old ? "server_lifetime reached"
+                  : stale ? "pool reconfigured"
+                          : "pool shrank");
     return;
   }
   if (auto w = waiters_.pop()) {
@@ -254,14 +256,14 @@ void Pool::onLoginDone(const std::shared_ptr<ServerConn>& server, Status st,
       SLOG_WARN("pool {}: server login failed: {}", name(), st.message());
       // A refusal that retrying cannot fix (bad password, no such database or role) goes to
       // every waiting client now; anything else is retried with backoff while they wait.
-      bool permanent = sqlstate.rfind("28", 0) == 0 || sqlstate == "3D000" ||
-                       sqlstate == "42501" || sqlstate == "0A000";
+      bool permanent = sqlstate.rfind("28", 0) == 0 || sqlstate == "3D000" || sqlstate == "42501" ||
+                       sqlstate == "0A000";
       if (permanent) {
         while (auto w = waiters_.pop()) to_fail.push_back(std::move(w->value.client));
         err.severity = "FATAL";
         err.sqlstate = sqlstate;
-        err.message = fmt::format("sluice: could not log in to the server for pool {}: {}",
-                                  name(), st.message());
+        err.message = fmt::format("sluice: could not log in to the server for pool {}: {}", name(),
+                                  st.message());
       } else {
         auto backoff = std::min<long long>(settings_.server_login_retry.count(),
                                            100LL << std::min(login_failures_, 10));

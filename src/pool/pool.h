@@ -66,29 +66,29 @@ struct PoolStats {
   std::string user;
   config::PoolMode mode;
   int pool_size = 0;
-  int total = 0;       // servers existing or logging in
+  int total = 0;  // servers existing or logging in
   int idle = 0;
   int login = 0;
-  int active = 0;      // lent to clients
-  int waiting = 0;     // clients in the wait queue
-  int clients = 0;     // logged-in clients of this pool
+  int active = 0;   // lent to clients
+  int waiting = 0;  // clients in the wait queue
+  int clients = 0;  // logged-in clients of this pool
   double max_wait_s = 0;
 };
 
 // Statistics of one pool written by one loop (a shard per loop; see stats/counter.h).
 struct PoolShard {
-  stats::Counter xact_count;        // transactions completed (ReadyForQuery back to idle)
-  stats::Counter query_count;       // Query and Sync messages relayed
-  stats::Counter bytes_received;    // from clients
-  stats::Counter bytes_sent;        // to clients
+  stats::Counter xact_count;      // transactions completed (ReadyForQuery back to idle)
+  stats::Counter query_count;     // Query and Sync messages relayed
+  stats::Counter bytes_received;  // from clients
+  stats::Counter bytes_sent;      // to clients
   stats::Counter xact_time_us;
   stats::Counter query_time_us;
-  stats::Counter wait_time_us;      // clients waiting for a server
+  stats::Counter wait_time_us;  // clients waiting for a server
   stats::Counter client_logins;
-  stats::Counter server_connects;   // logins started
+  stats::Counter server_connects;  // logins started
   stats::Counter server_login_failures;
-  stats::Histogram wait_seconds;    // acquire time, 0 when a server was free
-  stats::Histogram hold_seconds;    // how long a client held a server (transaction mode: per tx)
+  stats::Histogram wait_seconds;  // acquire time, 0 when a server was free
+  stats::Histogram hold_seconds;  // how long a client held a server (transaction mode: per tx)
   std::array<stats::Counter, stats::kNumCloseReasons> disconnects;
 };
 
@@ -153,7 +153,8 @@ class Pool : public std::enable_shared_from_this<Pool> {
   void growLocked(net::EventLoop* loop, bool reserve);  // loop nullptr: round robin
   void launchConnectLocked(net::EventLoop* loop);
   void deliver(std::shared_ptr<PoolClient> client, std::shared_ptr<ServerConn> server);
-  void onLoginDone(const std::shared_ptr<ServerConn>& server, Status st, const std::string& sqlstate);
+  void onLoginDone(const std::shared_ptr<ServerConn>& server, Status st,
+                   const std::string& sqlstate);
   void failWaiters(std::vector<std::shared_ptr<PoolClient>> clients, const protocol::ErrorInfo& e);
   std::string saturationMessageLocked(TimePoint now) const;
 
@@ -164,24 +165,24 @@ class Pool : public std::enable_shared_from_this<Pool> {
   std::vector<std::unique_ptr<PoolShard>> shards_;  // one per loop, fixed at construction
 
   mutable std::mutex mu_;
-  PoolSettings settings_;                                      // GUARDED_BY(mu_)
-  int total_ = 0;                                              // GUARDED_BY(mu_)
-  int login_ = 0;                                              // GUARDED_BY(mu_)
-  int idle_count_ = 0;                                         // GUARDED_BY(mu_)
-  std::vector<std::vector<std::shared_ptr<ServerConn>>> idle_; // per loop, MRU at back
-  overload::WaitQueue<Waiter> waiters_;                        // GUARDED_BY(mu_)
-  std::vector<std::pair<std::string, std::string>> welcome_;   // GUARDED_BY(mu_)
-  bool has_welcome_ = false;                                   // GUARDED_BY(mu_)
-  std::optional<std::array<uint8_t, 32>> scram_client_key_;    // GUARDED_BY(mu_)
-  uint64_t generation_ = 0;   // bumped by closeIdle(); older servers close on release
-  std::string last_login_error_;                               // GUARDED_BY(mu_)
+  PoolSettings settings_;                                       // GUARDED_BY(mu_)
+  int total_ = 0;                                               // GUARDED_BY(mu_)
+  int login_ = 0;                                               // GUARDED_BY(mu_)
+  int idle_count_ = 0;                                          // GUARDED_BY(mu_)
+  std::vector<std::vector<std::shared_ptr<ServerConn>>> idle_;  // per loop, MRU at back
+  overload::WaitQueue<Waiter> waiters_;                         // GUARDED_BY(mu_)
+  std::vector<std::pair<std::string, std::string>> welcome_;    // GUARDED_BY(mu_)
+  bool has_welcome_ = false;                                    // GUARDED_BY(mu_)
+  std::optional<std::array<uint8_t, 32>> scram_client_key_;     // GUARDED_BY(mu_)
+  uint64_t generation_ = 0;       // bumped by closeIdle(); older servers close on release
+  std::string last_login_error_;  // GUARDED_BY(mu_)
   std::string last_login_sqlstate_;
   TimePoint last_login_error_at_{};
-  int login_failures_ = 0;    // consecutive
-  TimePoint retry_at_{};      // no new connect before this after failures
+  int login_failures_ = 0;  // consecutive
+  TimePoint retry_at_{};    // no new connect before this after failures
   uint64_t next_wait_id_ = 1;
   bool budget_blocked_ = false;  // waiters could not get a connect because a shared budget is full
-  size_t next_loop_ = 0;      // round robin for pre-warming
+  size_t next_loop_ = 0;         // round robin for pre-warming
   std::atomic<int> clients_{0};
 };
 

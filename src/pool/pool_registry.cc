@@ -37,7 +37,7 @@ PoolSettings PoolRegistry::resolve(const config::Config& cfg, const config::User
   const config::UserEntry* u = cfg.findUser(user);
   PoolSettings p;
   p.mode = u && u->pool_mode ? *u->pool_mode : db && db->pool_mode ? *db->pool_mode : s.pool_mode;
-  p.pool_size = u && u->pool_size ? *u->pool_size
+  p.pool_size = u && u->pool_size     ? *u->pool_size
                 : db && db->pool_size ? *db->pool_size
                                       : s.default_pool_size;
   p.min_pool_size = db && db->min_pool_size ? *db->min_pool_size : s.min_pool_size;
@@ -51,10 +51,10 @@ PoolSettings PoolRegistry::resolve(const config::Config& cfg, const config::User
   p.server_reset_query_always = s.server_reset_query_always;
   p.server_round_robin = s.server_round_robin;
   p.server_connect_parallelism = s.server_connect_parallelism;
-  p.max_db_connections = db && db->max_db_connections ? *db->max_db_connections
-                                                       : s.max_db_connections;
-  p.max_user_connections = u && u->max_user_connections ? *u->max_user_connections
-                                                         : s.max_user_connections;
+  p.max_db_connections =
+      db && db->max_db_connections ? *db->max_db_connections : s.max_db_connections;
+  p.max_user_connections =
+      u && u->max_user_connections ? *u->max_user_connections : s.max_user_connections;
   ServerLogin& l = p.login;
   if (db) {
     l.host = db->host;
@@ -62,10 +62,12 @@ PoolSettings PoolRegistry::resolve(const config::Config& cfg, const config::User
     l.dbname = db->dbname.empty() ? (db->name == "*" ? database : db->name) : db->dbname;
     l.user = db->user.empty() ? user : db->user;
     if (!db->password.empty()) l.secret = db->password;
-    if (!db->client_encoding.empty()) l.startup_params.emplace_back("client_encoding", db->client_encoding);
+    if (!db->client_encoding.empty())
+      l.startup_params.emplace_back("client_encoding", db->client_encoding);
     if (!db->datestyle.empty()) l.startup_params.emplace_back("datestyle", db->datestyle);
     if (!db->timezone.empty()) l.startup_params.emplace_back("timezone", db->timezone);
-    if (!db->application_name.empty()) l.startup_params.emplace_back("application_name", db->application_name);
+    if (!db->application_name.empty())
+      l.startup_params.emplace_back("application_name", db->application_name);
   }
   if (l.secret.empty() && users) {
     if (const std::string* sec = users->find(l.user)) l.secret = *sec;

@@ -49,8 +49,8 @@ class PoolRegistry {
 
   std::vector<net::EventLoop*> loops_;
   mutable std::mutex mu_;
-  std::shared_ptr<const config::Config> cfg_;      // GUARDED_BY(mu_)
-  std::shared_ptr<const config::UserList> users_;  // GUARDED_BY(mu_)
+  std::shared_ptr<const config::Config> cfg_;                                   // GUARDED_BY(mu_)
+  std::shared_ptr<const config::UserList> users_;                               // GUARDED_BY(mu_)
   std::map<std::pair<std::string, std::string>, std::shared_ptr<Pool>> pools_;  // GUARDED_BY(mu_)
   std::mutex budget_mu_;
   std::map<std::string, int> db_used_;    // GUARDED_BY(budget_mu_)

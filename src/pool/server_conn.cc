@@ -41,8 +41,7 @@ std::string ServerConn::describe() const {
                      backend_pid_);
 }
 
-void ServerConn::connect(const ServerLogin& login,
-                         std::function<void(Status, std::string)> done) {
+void ServerConn::connect(const ServerLogin& login, std::function<void(Status, std::string)> done) {
   login_ = login;
   login_done_ = std::move(done);
   state_ = State::kLogin;
@@ -126,19 +125,17 @@ void ServerConn::flushWrites() {
   writing_.swap(out_);
   out_.clear();
   auto self = shared_from_this();
-  asio::async_write(socket_, asio::buffer(writing_),
-                    [self](const asio::error_code& ec, size_t) {
-                      if (ec == asio::error::operation_aborted) return;  // see onRead
-                      self->write_in_flight_ = false;
-                      if (self->state_ == State::kClosed) return;
-                      if (ec) {
-                        self->fail("could not send data to server: " + ec.message(),
-                                   sqlstate::kConnectionFailure);
-                        return;
-                      }
-                      self->writing_.clear();
-                      self->flushWrites();
-                    });
+  asio::async_write(socket_, asio::buffer(writing_), [self](const asio::error_code& ec, size_t) {
+    if (ec == asio::error::operation_aborted) return;  // see onRead
+    self->write_in_flight_ = false;
+    if (self->state_ == State::kClosed) return;
+    if (ec) {
+      self->fail("could not send data to server: " + ec.message(), sqlstate::kConnectionFailure);
+      return;
+    }
+    self->writing_.clear();
+    self->flushWrites();
+  });
 }
 
 void ServerConn::startRead() {
@@ -203,10 +200,12 @@ bool ServerConn::handleLoginMessage(char type, std::string_view payload) {
       std::string out;
       if (code == protocol::kAuthOk) return true;
       if (code == protocol::kAuthCleartext) {
-        if (login_.secret.empty() || protocol::secretKind(login_.secret) != protocol::SecretKind::kPlain) {
-          fail("server asked for a cleartext password and sluice has no plain password for user \"" +
-                   login_.user + "\"",
-               sqlstate::kInvalidPassword);
+        if (login_.secret.empty() ||
+            protocol::secretKind(login_.secret) != protocol::SecretKind::kPlain) {
+          fail(
+              "server asked for a cleartext password and sluice has no plain password for user \"" +
+                  login_.user + "\"",
+              sqlstate::kInvalidPassword);
           return false;
         }
         protocol::appendPassword(out, login_.secret);
@@ -222,8 +221,8 @@ bool ServerConn::handleLoginMessage(char type, std::string_view payload) {
             secret = login_.secret;
             break;
           case protocol::SecretKind::kScram:
-            fail("server asked for md5 but only a SCRAM secret is known for user \"" +
-                     login_.user + "\"",
+            fail("server asked for md5 but only a SCRAM secret is known for user \"" + login_.user +
+                     "\"",
                  sqlstate::kInvalidPassword);
             return false;
         }
@@ -233,8 +232,8 @@ bool ServerConn::handleLoginMessage(char type, std::string_view payload) {
                sqlstate::kInvalidPassword);
           return false;
         }
-        protocol::appendPassword(
-            out, protocol::md5SaltedResponse(secret, reinterpret_cast<const uint8_t*>(salt.data())));
+        protocol::appendPassword(out, protocol::md5SaltedResponse(
+                                          secret, reinterpret_cast<const uint8_t*>(salt.data())));
       } else if (code == protocol::kAuthSasl) {
         bool has_scram = false;
         while (!r.atEnd() && !r.failed()) {
@@ -252,9 +251,11 @@ bool ServerConn::handleLoginMessage(char type, std::string_view payload) {
           scram_->client.emplace(protocol::ScramClient::fromPassword(login_.secret));
         } else if (kind == protocol::SecretKind::kScram && login_.scram_client_key) {
           auto sec = protocol::parseScramSecret(login_.secret);
-          scram_->client.emplace(protocol::ScramClient::fromKeys(*login_.scram_client_key, sec->server_key));
+          scram_->client.emplace(
+              protocol::ScramClient::fromKeys(*login_.scram_client_key, sec->server_key));
         } else {
-          fail("server asked for SCRAM and sluice has no usable password for user \"" + login_.user +
+          fail("server asked for SCRAM and sluice has no usable password for user \"" +
+                   login_.user +
                    "\" (a plain password is needed, or a SCRAM secret after the client logged in "
                    "with SCRAM)",
                sqlstate::kInvalidPassword);
@@ -363,7 +364,8 @@ void ServerConn::processActive() {
   size_t fwd_start = 0;
   bool ready = false;
   auto forward = [&](size_t end) {
-    if (end > fwd_start && listener_) listener_->onServerData(data.substr(fwd_start, end - fwd_start));
+    if (end > fwd_start && listener_)
+      listener_->onServerData(data.substr(fwd_start, end - fwd_start));
     fwd_start = end;
   };
   while (pos < data.size() && state_ == State::kActive) {

@@ -9,9 +9,8 @@
 // it reads to its ServerListener untouched.
 #pragma once
 
-#include <asio.hpp>
-
 #include <array>
+#include <asio.hpp>
 #include <functional>
 #include <map>
 #include <memory>
@@ -56,7 +55,7 @@ struct ServerLogin {
   std::string dbname;
   std::string user;
   std::string secret;  // plain password, "md5..." or "SCRAM-SHA-256$..." (may be empty)
-  std::optional<std::array<uint8_t, 32>> scram_client_key;  // from a client's SCRAM proof
+  std::optional<std::array<uint8_t, 32>> scram_client_key;          // from a client's SCRAM proof
   std::vector<std::pair<std::string, std::string>> startup_params;  // extra, e.g. client_encoding
   Millis connect_timeout{15000};
 };
@@ -81,7 +80,7 @@ class ServerConn : public std::enable_shared_from_this<ServerConn> {
   // Active use by a client.
   void attach(ServerListener* listener);
   void detach();
-  void send(std::string_view bytes);  // queue for writing, start the write if idle
+  void send(std::string_view bytes);            // queue for writing, start the write if idle
   void noteQueryForwarded() { ++owed_ready_; }  // a Query, Sync or FunctionCall was sent
   void setUnsynced(bool v) { unsynced_ = v; }
   void resumeReading();
@@ -142,8 +141,8 @@ class ServerConn : public std::enable_shared_from_this<ServerConn> {
   std::unique_ptr<ScramState> scram_;
 
   net::ByteBuffer in_;
-  std::string out_;       // bytes waiting to be written
-  std::string writing_;   // bytes of the write in flight
+  std::string out_;      // bytes waiting to be written
+  std::string writing_;  // bytes of the write in flight
   bool write_in_flight_ = false;
   bool read_in_flight_ = false;
   bool paused_ = false;

@@ -259,8 +259,8 @@ void appendRowDescription(std::string& out, const std::vector<std::string>& colu
   w.int16(int16_t(columns.size()));
   for (size_t i = 0; i < columns.size(); ++i) {
     w.cstring(columns[i]);
-    w.int32(0);  // table oid
-    w.int16(0);  // column number
+    w.int32(0);                                               // table oid
+    w.int16(0);                                               // column number
     uint32_t oid = i < type_oids.size() ? type_oids[i] : 25;  // text
     w.int32(int32_t(oid));
     w.int16(oid == 20 ? 8 : (oid == 23 ? 4 : -1));

@@ -56,7 +56,7 @@ class Reader {
   int32_t int32();
   int16_t int16();
   uint8_t byte();
-  std::string_view cstring();        // up to the next NUL, which is consumed
+  std::string_view cstring();  // up to the next NUL, which is consumed
   std::string_view bytes(size_t n);
   std::string_view rest() const { return data_.substr(pos_); }
   bool failed() const { return failed_; }
@@ -83,7 +83,8 @@ struct CancelRequest {
 struct StartupError {
   std::string message;
 };
-using StartupPacket = std::variant<StartupMessage, SslRequest, GssEncRequest, CancelRequest, StartupError>;
+using StartupPacket =
+    std::variant<StartupMessage, SslRequest, GssEncRequest, CancelRequest, StartupError>;
 
 // `packet` is the whole packet including its 4-byte length.
 StartupPacket parseStartupPacket(std::string_view packet);
@@ -118,8 +119,8 @@ struct ErrorInfo {
   std::string detail;
   std::string hint;
 };
-void appendError(std::string& out, const ErrorInfo& e);   // 'E'
-void appendNotice(std::string& out, const ErrorInfo& e);  // 'N'
+void appendError(std::string& out, const ErrorInfo& e);                               // 'E'
+void appendNotice(std::string& out, const ErrorInfo& e);                              // 'N'
 void appendAuthRequest(std::string& out, int32_t code, std::string_view extra = {});  // 'R'
 void appendParameterStatus(std::string& out, std::string_view name, std::string_view value);
 void appendBackendKeyData(std::string& out, uint32_t pid, uint32_t key);
@@ -129,7 +130,8 @@ void appendTerminate(std::string& out);
 void appendPassword(std::string& out, std::string_view password);  // 'p' (also md5)
 void appendSaslInitialResponse(std::string& out, std::string_view mechanism, std::string_view data);
 void appendSaslResponse(std::string& out, std::string_view data);
-void appendStartup(std::string& out, const std::vector<std::pair<std::string, std::string>>& params);
+void appendStartup(std::string& out,
+                   const std::vector<std::pair<std::string, std::string>>& params);
 void appendCancelRequest(std::string& out, uint32_t pid, uint32_t key);
 // RowDescription with text columns, DataRow and CommandComplete for the admin console.
 void appendRowDescription(std::string& out, const std::vector<std::string>& columns,

@@ -9,9 +9,9 @@
 #include <fstream>
 #include <thread>
 
+#include "admin/admin_console.h"
 #include "common/log.h"
 #include "protocol/sqlstate.h"
-#include "admin/admin_console.h"
 #include "session/client_session.h"
 
 namespace sluice::server {
@@ -103,7 +103,8 @@ void App::listen() {
     size_t start = 0;
     while (start <= s.listen_addr.size()) {
       size_t comma = s.listen_addr.find(',', start);
-      std::string a = s.listen_addr.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+      std::string a = s.listen_addr.substr(
+          start, comma == std::string::npos ? std::string::npos : comma - start);
       a.erase(0, a.find_first_not_of(" \t"));
       a.erase(a.find_last_not_of(" \t") + 1);
       if (!a.empty()) addrs.push_back(a);
@@ -131,8 +132,8 @@ void App::listen() {
         asio::error_code ec;
         acc->bind(ep, ec);
         if (ec) {
-          throw std::runtime_error(fmt::format("cannot listen on {}:{}: {}", ep.address().to_string(),
-                                               ep.port(), ec.message()));
+          throw std::runtime_error(fmt::format("cannot listen on {}:{}: {}",
+                                               ep.address().to_string(), ep.port(), ec.message()));
         }
         acc->listen(s.listen_backlog);
         SLOG_INFO("listening on {}:{}", ep.address().to_string(), ep.port());
@@ -166,9 +167,10 @@ void App::listen() {
       }
     }
     if (!why.empty()) {
-      std::string msg = fmt::format("cannot listen on unix socket {}: {} (set unix_socket_dir to a "
-                                    "shorter directory, or empty to disable it)",
-                                    path, why);
+      std::string msg = fmt::format(
+          "cannot listen on unix socket {}: {} (set unix_socket_dir to a "
+          "shorter directory, or empty to disable it)",
+          path, why);
       if (tcp_acceptors_.empty()) throw std::runtime_error(msg);
       SLOG_WARN("{}; continuing with TCP only", msg);
     }
@@ -191,11 +193,12 @@ void App::acceptTcp(std::shared_ptr<asio::ip::tcp::acceptor> acc) {
 }
 
 void App::acceptUnix(std::shared_ptr<asio::local::stream_protocol::acceptor> acc) {
-  acc->async_accept([this, acc](const asio::error_code& ec, asio::local::stream_protocol::socket sock) {
-    if (ec == asio::error::operation_aborted || !acc->is_open()) return;
-    if (!ec) handOff(sock.release(), AF_UNIX, "unix");
-    acceptUnix(acc);
-  });
+  acc->async_accept(
+      [this, acc](const asio::error_code& ec, asio::local::stream_protocol::socket sock) {
+        if (ec == asio::error::operation_aborted || !acc->is_open()) return;
+        if (!ec) handOff(sock.release(), AF_UNIX, "unix");
+        acceptUnix(acc);
+      });
 }
 
 void App::handOff(int fd, int family, std::string peer) {
@@ -203,12 +206,14 @@ void App::handOff(int fd, int family, std::string peer) {
   loop->post([this, loop, fd, family, peer = std::move(peer)]() mutable {
     session::Socket sock(loop->context());
     asio::error_code ec;
-    sock.assign(asio::generic::stream_protocol(family, family == AF_UNIX ? 0 : IPPROTO_TCP), fd, ec);
+    sock.assign(asio::generic::stream_protocol(family, family == AF_UNIX ? 0 : IPPROTO_TCP), fd,
+                ec);
     if (ec) {
       ::close(fd);
       return;
     }
-    auto client = std::make_shared<session::ClientSession>(&ctx_, loop, std::move(sock), std::move(peer));
+    auto client =
+        std::make_shared<session::ClientSession>(&ctx_, loop, std::move(sock), std::move(peer));
     client->start();
   });
 }

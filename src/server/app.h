@@ -4,7 +4,6 @@
 #pragma once
 
 #include <asio.hpp>
-
 #include <memory>
 #include <string>
 #include <vector>

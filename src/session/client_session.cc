@@ -22,8 +22,9 @@ constexpr size_t kLowWatermark = 64 * 1024;
 
 // Parameters whose value a client must always see as its own; PostgreSQL reports each of them
 // with ParameterStatus, so the server's current value is always known.
-constexpr const char* kTracked[] = {"client_encoding", "DateStyle", "TimeZone", "IntervalStyle",
-                                    "standard_conforming_strings", "application_name"};
+constexpr const char* kTracked[] = {
+    "client_encoding", "DateStyle", "TimeZone", "IntervalStyle", "standard_conforming_strings",
+    "application_name"};
 
 const char* trackedName(const std::string& key) {
   for (const char* t : kTracked) {
@@ -205,8 +206,8 @@ void ClientSession::closeQuietly(CloseReason reason, const std::string& detail) 
     }
   }
   state_ = State::kClosed;
-  auto& counters = pool_ ? pool_->shard(loop_->index()).disconnects
-                         : ctx_->loops[loop_->index()]->disconnects;
+  auto& counters =
+      pool_ ? pool_->shard(loop_->index()).disconnects : ctx_->loops[loop_->index()]->disconnects;
   counters[static_cast<int>(reason)].add();
   if (pool_ && joined_pool_) pool_->clientLeft();
   if (cancel_pid_) ctx_->cancels.remove(cancel_pid_, cancel_key_);
@@ -228,8 +229,9 @@ void ClientSession::processStartup() {
     if (in_.size() < 4) break;
     uint32_t len = protocol::readU32(in_.data().data());
     if (len < 8 || len > protocol::kMaxStartupPacket) {
-      closeWithError(CloseReason::kBadStartup, fmt::format("sluice: invalid startup packet length {} (at most {})",
-                                           len, protocol::kMaxStartupPacket));
+      closeWithError(CloseReason::kBadStartup,
+                     fmt::format("sluice: invalid startup packet length {} (at most {})", len,
+                                 protocol::kMaxStartupPacket));
       return;
     }
     if (in_.size() < len) break;
@@ -317,12 +319,13 @@ bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
   if (users) secret = users->find(user_);
   config::AuthType type = s.auth_type;
   if (is_admin_) {
-    bool allowed = std::find(s.admin_users.begin(), s.admin_users.end(), user_) != s.admin_users.end() ||
-                   std::find(s.stats_users.begin(), s.stats_users.end(), user_) != s.stats_users.end();
+    bool allowed =
+        std::find(s.admin_users.begin(), s.admin_users.end(), user_) != s.admin_users.end() ||
+        std::find(s.stats_users.begin(), s.stats_users.end(), user_) != s.stats_users.end();
     if (!allowed) {
-      return fatal(CloseReason::kNotAllowed,
-                   "sluice: not allowed to use the admin console: \"" + user_ +
-                       "\" is in neither admin_users nor stats_users");
+      return fatal(CloseReason::kNotAllowed, "sluice: not allowed to use the admin console: \"" +
+                                                 user_ +
+                                                 "\" is in neither admin_users nor stats_users");
     }
   } else {
     std::string err;
@@ -361,7 +364,8 @@ void ClientSession::processAuth() {
     auto hdr = protocol::peekHeader(in_.data());
     if (!hdr) break;
     if (hdr->type != 'p' || hdr->length < 4 || hdr->length > 16 * 1024) {
-      closeWithError(CloseReason::kProtocolViolation, "sluice: expected a password message during authentication");
+      closeWithError(CloseReason::kProtocolViolation,
+                     "sluice: expected a password message during authentication");
       return;
     }
     if (in_.size() < hdr->total()) break;
@@ -417,7 +421,8 @@ void ClientSession::finishLogin() {
   // First client of a pool: a server login tells us what PostgreSQL reports at startup.
   state_ = State::kWelcome;
   wait_started_ = now();
-  auto r = pool_->acquire(shared_from_this(), applicationName().empty() ? user_ : applicationName());
+  auto r =
+      pool_->acquire(shared_from_this(), applicationName().empty() ? user_ : applicationName());
   if (r.server) {
     onServerAssigned(std::move(r.server));
   } else {
@@ -472,8 +477,11 @@ void ClientSession::processClient() {
     if (!hdr) break;
     if (hdr->length < 4 || int64_t(hdr->length) > max_packet) {
       if (server_) forward(pos);
-      closeWithError(CloseReason::kProtocolViolation, fmt::format("sluice: invalid message length {} for message type '{}' (max_packet_size is {})",
-                                hdr->length, hdr->type, max_packet));
+      closeWithError(
+          CloseReason::kProtocolViolation,
+          fmt::format(
+              "sluice: invalid message length {} for message type '{}' (max_packet_size is {})",
+              hdr->length, hdr->type, max_packet));
       return;
     }
     char t = hdr->type;
@@ -517,7 +525,8 @@ void ClientSession::processClient() {
         break;
       default:
         forward(pos);
-        closeWithError(CloseReason::kProtocolViolation, fmt::format("sluice: unknown message type '{}'", t));
+        closeWithError(CloseReason::kProtocolViolation,
+                       fmt::format("sluice: unknown message type '{}'", t));
         return;
     }
     size_t n = std::min(hdr->total(), data.size() - pos);
@@ -540,7 +549,8 @@ bool ClientSession::needServer() {
 void ClientSession::acquireServer() {
   state_ = State::kWaiting;
   wait_started_ = now();
-  auto r = pool_->acquire(shared_from_this(), applicationName().empty() ? user_ : applicationName());
+  auto r =
+      pool_->acquire(shared_from_this(), applicationName().empty() ? user_ : applicationName());
   if (r.server) {
     attachServer(std::move(r.server));
   } else {
@@ -553,7 +563,8 @@ void ClientSession::onServerAssigned(std::shared_ptr<pool::ServerConn> server) {
     // It died on the way; ask again if still interested.
     if (closing()) return;
     if (state_ == State::kWelcome) {
-      auto r = pool_->acquire(shared_from_this(), applicationName().empty() ? user_ : applicationName());
+      auto r =
+          pool_->acquire(shared_from_this(), applicationName().empty() ? user_ : applicationName());
       if (r.server) {
         onServerAssigned(std::move(r.server));
       } else {
@@ -613,8 +624,9 @@ void ClientSession::attachServer(std::shared_ptr<pool::ServerConn> server) {
       return;
     }
     if (!st) {
-      self->closeWithError(CloseReason::kParameterSyncFailed, "sluice: could not apply client parameters on the server: " +
-                                         st.message());
+      self->closeWithError(
+          CloseReason::kParameterSyncFailed,
+          "sluice: could not apply client parameters on the server: " + st.message());
       return;
     }
     self->state_ = State::kActive;
@@ -644,19 +656,20 @@ void ClientSession::onServerData(std::string_view bytes) {
 void ClientSession::onServerReady() {
   if (!server_) return;
   auto t = now();
-  stats_->query_time_us.add(uint64_t(std::chrono::duration_cast<std::chrono::microseconds>(
-                                          t - request_started_).count()));
+  stats_->query_time_us.add(uint64_t(
+      std::chrono::duration_cast<std::chrono::microseconds>(t - request_started_).count()));
   if (server_->txStatus() == 'I' && xact_started_ != TimePoint{}) {
     stats_->xact_count.add();
-    stats_->xact_time_us.add(uint64_t(
-        std::chrono::duration_cast<std::chrono::microseconds>(t - xact_started_).count()));
+    stats_->xact_time_us.add(
+        uint64_t(std::chrono::duration_cast<std::chrono::microseconds>(t - xact_started_).count()));
     xact_started_ = {};
     ++transactions_;
   }
   if (server_->txStatus() != 'I' && mode_ == config::PoolMode::kStatement) {
-    closeWithError(CloseReason::kTransactionInStatementMode, "sluice: transaction blocks are not allowed in statement pool mode "
-                             "(pool_mode = statement for " +
-                                 pool_->name() + ")");
+    closeWithError(CloseReason::kTransactionInStatementMode,
+                   "sluice: transaction blocks are not allowed in statement pool mode "
+                   "(pool_mode = statement for " +
+                       pool_->name() + ")");
     return;
   }
   if (mode_ == config::PoolMode::kSession || !server_->clean()) return;
@@ -717,8 +730,8 @@ void ClientSession::onCancelRequest() {
     discard_left_ = passthrough_left_;
     passthrough_left_ = 0;
     std::string out;
-    protocol::appendError(out, makeError(sqlstate::kQueryCanceled,
-                                         "canceling statement due to user request"));
+    protocol::appendError(
+        out, makeError(sqlstate::kQueryCanceled, "canceling statement due to user request"));
     protocol::appendReadyForQuery(out, 'I');
     send(out);
     state_ = State::kIdle;
@@ -748,13 +761,14 @@ void ClientSession::onCancelRequest() {
   };
   auto on_connect = [sock, buf, finish](const asio::error_code& ec) {
     if (ec) return finish(ec);
-    asio::async_write(*sock, asio::buffer(*buf), [sock, buf, finish](const asio::error_code& ec, size_t) {
-      if (ec) return finish(ec);
-      // PostgreSQL closes the connection once it has processed the request.
-      auto byte = std::make_shared<char>();
-      sock->async_read_some(asio::buffer(byte.get(), 1),
-                            [finish, byte](const asio::error_code& ec, size_t) { finish(ec); });
-    });
+    asio::async_write(
+        *sock, asio::buffer(*buf), [sock, buf, finish](const asio::error_code& ec, size_t) {
+          if (ec) return finish(ec);
+          // PostgreSQL closes the connection once it has processed the request.
+          auto byte = std::make_shared<char>();
+          sock->async_read_some(asio::buffer(byte.get(), 1),
+                                [finish, byte](const asio::error_code& ec, size_t) { finish(ec); });
+        });
   };
   if (login.host.empty() || login.host[0] == '/') {
     std::string dir = login.host.empty() ? login.unix_dir : login.host;
@@ -781,37 +795,42 @@ void ClientSession::janitor(TimePoint t, const config::Settings& s) {
     case State::kStartup:
     case State::kAuth:
       if (over(connected_at_, s.client_login_timeout)) {
-        closeWithError(CloseReason::kClientLoginTimeout, fmt::format("sluice: client_login_timeout ({} s) expired before "
-                                             "login completed",
-                                             secs(s.client_login_timeout)));
+        closeWithError(CloseReason::kClientLoginTimeout,
+                       fmt::format("sluice: client_login_timeout ({} s) expired before "
+                                   "login completed",
+                                   secs(s.client_login_timeout)));
       }
       break;
     case State::kIdle:
       if (over(last_activity_, s.client_idle_timeout)) {
-        closeWithError(CloseReason::kClientIdleTimeout, fmt::format("sluice: client_idle_timeout ({} s): the connection "
-                                             "was idle too long",
-                                             secs(s.client_idle_timeout)));
+        closeWithError(CloseReason::kClientIdleTimeout,
+                       fmt::format("sluice: client_idle_timeout ({} s): the connection "
+                                   "was idle too long",
+                                   secs(s.client_idle_timeout)));
       }
       break;
     case State::kActive: {
       if (!server_) break;
       if (server_->owedReady() > 0) {
         if (over(request_started_, s.query_timeout)) {
-          closeWithError(CloseReason::kQueryTimeout, fmt::format("sluice: query_timeout ({} s) exceeded; the query "
-                                               "was stopped and the connection closed",
-                                               secs(s.query_timeout)));
+          closeWithError(CloseReason::kQueryTimeout,
+                         fmt::format("sluice: query_timeout ({} s) exceeded; the query "
+                                     "was stopped and the connection closed",
+                                     secs(s.query_timeout)));
         }
       } else if (server_->txStatus() != 'I') {
         if (over(last_activity_, s.idle_transaction_timeout)) {
-          closeWithError(CloseReason::kIdleTransactionTimeout, fmt::format("sluice: idle_transaction_timeout ({} s): the transaction was "
-                                    "idle too long and was rolled back; its server connection "
-                                    "went back to the pool",
-                                    secs(s.idle_transaction_timeout)));
+          closeWithError(CloseReason::kIdleTransactionTimeout,
+                         fmt::format("sluice: idle_transaction_timeout ({} s): the transaction was "
+                                     "idle too long and was rolled back; its server connection "
+                                     "went back to the pool",
+                                     secs(s.idle_transaction_timeout)));
         }
       } else if (over(last_activity_, s.client_idle_timeout)) {
-        closeWithError(CloseReason::kClientIdleTimeout, fmt::format("sluice: client_idle_timeout ({} s): the connection "
-                                             "was idle too long",
-                                             secs(s.client_idle_timeout)));
+        closeWithError(CloseReason::kClientIdleTimeout,
+                       fmt::format("sluice: client_idle_timeout ({} s): the connection "
+                                   "was idle too long",
+                                   secs(s.client_idle_timeout)));
       }
       break;
     }
@@ -843,8 +862,9 @@ void ClientSession::processAdmin() {
     if (hdr->type != 'Q') {
       if (hdr->type != 'S') continue;  // answer an extended-protocol batch once, at its Sync
       std::string out;
-      protocol::appendError(out, makeError(sqlstate::kFeatureNotSupported,
-                                           "sluice: the admin console accepts only simple queries"));
+      protocol::appendError(out,
+                            makeError(sqlstate::kFeatureNotSupported,
+                                      "sluice: the admin console accepts only simple queries"));
       protocol::appendReadyForQuery(out, 'I');
       send(out);
       continue;

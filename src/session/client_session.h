@@ -10,7 +10,6 @@
 #pragma once
 
 #include <asio.hpp>
-
 #include <map>
 #include <memory>
 #include <string>
@@ -33,13 +32,13 @@ class ClientSession : public pool::PoolClient,
                       public std::enable_shared_from_this<ClientSession> {
  public:
   enum class State {
-    kStartup,   // reading the startup packet
-    kAuth,      // authentication exchange
-    kWelcome,   // logged in, waiting for a first server login to learn the welcome parameters
-    kIdle,      // logged in, no server
-    kWaiting,   // in the pool's wait queue
-    kSyncing,   // server assigned, sluice's parameter sync running on it
-    kActive,    // server assigned, relaying
+    kStartup,  // reading the startup packet
+    kAuth,     // authentication exchange
+    kWelcome,  // logged in, waiting for a first server login to learn the welcome parameters
+    kIdle,     // logged in, no server
+    kWaiting,  // in the pool's wait queue
+    kSyncing,  // server assigned, sluice's parameter sync running on it
+    kActive,   // server assigned, relaying
     kClosed,
   };
 
@@ -77,7 +76,7 @@ class ClientSession : public pool::PoolClient,
   TimePoint requestStartedAt() const { return request_started_; }
   TimePoint waitStartedAt() const { return wait_started_; }  // meaningful while kWaiting
   TimePoint serverSince() const { return server_since_; }    // meaningful while server() is set
-  bool isAdmin() const { return is_admin_; }                  // a console session
+  bool isAdmin() const { return is_admin_; }                 // a console session
   const pool::ServerConn* server() const { return server_.get(); }
   std::string prefix() const;  // "[C42 app/alice@10.0.0.5:51234]"
   uint32_t cancelPid() const { return cancel_pid_; }
@@ -95,10 +94,10 @@ class ClientSession : public pool::PoolClient,
   void processAuth();
   void finishLogin();
   void sendWelcome();
-  void processClient();   // relays the client's messages while logged in
+  void processClient();  // relays the client's messages while logged in
   void processAdmin();
-  bool needServer();      // returns true if a server is attached and ready to relay
-  void acquireServer();   // -> kWaiting, kSyncing or kActive
+  bool needServer();     // returns true if a server is attached and ready to relay
+  void acquireServer();  // -> kWaiting, kSyncing or kActive
   void attachServer(std::shared_ptr<pool::ServerConn> server);
   void releaseServer();
   void dropServer(const std::string& reason);  // close it: its state is unknown
@@ -113,7 +112,7 @@ class ClientSession : public pool::PoolClient,
   State state_ = State::kStartup;
   bool is_admin_ = false;
   bool joined_pool_ = false;  // counted in the pool's clients
-  bool admin_busy_ = false;  // an admin command is being answered
+  bool admin_busy_ = false;   // an admin command is being answered
   bool log_connections_ = true;
 
   net::ByteBuffer in_;
@@ -124,7 +123,7 @@ class ClientSession : public pool::PoolClient,
   bool close_after_write_ = false;
   stats::CloseReason close_reason_ = stats::CloseReason::kClientEof;
   std::string close_detail_;
-  uint64_t transactions_ = 0;  // server releases, for the close log line
+  uint64_t transactions_ = 0;    // server releases, for the close log line
   size_t passthrough_left_ = 0;  // bytes of a relayed client message not yet read
   size_t discard_left_ = 0;      // bytes of a cancelled message still to drop
 
@@ -144,7 +143,7 @@ class ClientSession : public pool::PoolClient,
   TimePoint connected_at_;
   TimePoint last_activity_;
   TimePoint request_started_;
-  TimePoint xact_started_;    // first request of the current transaction
+  TimePoint xact_started_;  // first request of the current transaction
   TimePoint wait_started_;
   TimePoint server_since_;  // when server_ was attached: how long this client has held it
 };

@@ -8,29 +8,29 @@
 namespace sluice::stats {
 
 // X(enum, token, sqlstate)
-#define SLUICE_CLOSE_REASONS(X)                                                   \
-  X(kClientTerminate, "client_terminate", "")      /* the client sent Terminate */ \
-  X(kClientEof, "client_eof", "")                  /* the client went away */      \
-  X(kClientIoError, "client_io_error", "")         /* reading or writing failed */ \
-  X(kCancelRequest, "cancel_request", "")          /* a CancelRequest connection */ \
-  X(kBadStartup, "bad_startup", "08P01")                                           \
-  X(kNoUser, "no_user", "28000")                                                   \
-  X(kNotAllowed, "not_allowed", "28000")                                           \
-  X(kAuthFailed, "auth_failed", "28P01")                                           \
-  X(kUnknownDatabase, "unknown_database", "3D000")                                 \
-  X(kUnsupportedParameter, "unsupported_parameter", "0A000")                       \
-  X(kMaxClientConn, "max_client_conn", "53300")                                    \
-  X(kShuttingDown, "shutting_down", "57P03")                                       \
-  X(kProtocolViolation, "protocol_violation", "08P01")                             \
-  X(kParameterSyncFailed, "parameter_sync_failed", "22023")                        \
-  X(kTransactionInStatementMode, "transaction_in_statement_mode", "0A000")         \
-  X(kServerLost, "server_lost", "08006")                                           \
-  X(kNoServer, "no_server", "57014") /* query_wait_timeout or a failed login */    \
-  X(kClientLoginTimeout, "client_login_timeout", "08P01")                          \
-  X(kClientIdleTimeout, "client_idle_timeout", "57P05")                            \
-  X(kQueryTimeout, "query_timeout", "57014")                                       \
-  X(kIdleTransactionTimeout, "idle_transaction_timeout", "25P03")                  \
-  X(kShutdown, "shutdown", "57P01")                                                \
+#define SLUICE_CLOSE_REASONS(X)                                                 \
+  X(kClientTerminate, "client_terminate", "") /* the client sent Terminate */   \
+  X(kClientEof, "client_eof", "")             /* the client went away */        \
+  X(kClientIoError, "client_io_error", "")    /* reading or writing failed */   \
+  X(kCancelRequest, "cancel_request", "")     /* a CancelRequest connection */  \
+  X(kBadStartup, "bad_startup", "08P01")                                        \
+  X(kNoUser, "no_user", "28000")                                                \
+  X(kNotAllowed, "not_allowed", "28000")                                        \
+  X(kAuthFailed, "auth_failed", "28P01")                                        \
+  X(kUnknownDatabase, "unknown_database", "3D000")                              \
+  X(kUnsupportedParameter, "unsupported_parameter", "0A000")                    \
+  X(kMaxClientConn, "max_client_conn", "53300")                                 \
+  X(kShuttingDown, "shutting_down", "57P03")                                    \
+  X(kProtocolViolation, "protocol_violation", "08P01")                          \
+  X(kParameterSyncFailed, "parameter_sync_failed", "22023")                     \
+  X(kTransactionInStatementMode, "transaction_in_statement_mode", "0A000")      \
+  X(kServerLost, "server_lost", "08006")                                        \
+  X(kNoServer, "no_server", "57014") /* query_wait_timeout or a failed login */ \
+  X(kClientLoginTimeout, "client_login_timeout", "08P01")                       \
+  X(kClientIdleTimeout, "client_idle_timeout", "57P05")                         \
+  X(kQueryTimeout, "query_timeout", "57014")                                    \
+  X(kIdleTransactionTimeout, "idle_transaction_timeout", "25P03")               \
+  X(kShutdown, "shutdown", "57P01")                                             \
   X(kAdminKill, "admin_kill", "57P01")
 
 enum class CloseReason : int {

@@ -24,9 +24,8 @@ class Counter {
 // Seconds, in fixed buckets from 100 us to 60 s (Prometheus `le` bounds).
 class Histogram {
  public:
-  static constexpr std::array<double, 14> kBounds = {0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01,
-                                                     0.025,  0.05,   0.1,   0.25,   0.5,   1,
-                                                     5,      60};
+  static constexpr std::array<double, 14> kBounds = {
+      0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 60};
   void observe(double seconds) {
     size_t i = 0;
     while (i < kBounds.size() && seconds > kBounds[i]) ++i;
