@@ -15,6 +15,8 @@
 #include <tuple>
 #include <vector>
 
+#include "admin/loop_gather.h"
+#include "admin/pool_views.h"
 #include "common/log.h"
 #include "protocol/sqlstate.h"
 #include "protocol/wire.h"
@@ -189,19 +191,6 @@ struct LoopSnapshot {
   std::vector<ServerInfo> servers;
 };
 
-// PostgreSQL's pg_stat_activity words for what the held server is doing.
-const char* txState(const pool::ServerConn& s, ClientSession::State st) {
-  if (st == ClientSession::State::kSyncing || s.owedReady() > 0) return "active";
-  switch (s.txStatus()) {
-    case 'T':
-      return "idle in transaction";
-    case 'E':
-      return "idle in transaction (aborted)";
-    default:
-      return "idle";
-  }
-}
-
 ServerInfo describeServer(const pool::ServerConn& s, const char* state) {
   ServerInfo si;
   si.id = s.id();
@@ -215,8 +204,7 @@ ServerInfo describeServer(const pool::ServerConn& s, const char* state) {
   si.connected = s.createdAt();
   si.request = s.lastUsed() == TimePoint{} ? s.createdAt() : s.lastUsed();
   si.backend_pid = s.backendPid();
-  auto it = s.params().find("application_name");
-  if (it != s.params().end()) si.application_name = it->second;
+  si.application_name = s.tracked()[protocol::kApplicationNameParam];
   return si;
 }
 
@@ -260,7 +248,7 @@ LoopSnapshot snapshotLoop(session::SessionContext* ctx, session::LoopClients& lc
       // serverSince() is set at every attach; before that was wired, the request start is
       // the closest we know.
       ci.held_since = c->serverSince() != TimePoint{} ? c->serverSince() : ci.request;
-      ci.tx_state = txState(*s, c->state());
+      ci.tx_state = transactionState(*s, *c);
       ci.backend_pid = s->backendPid();
       ServerInfo si = describeServer(*s, "active");
       si.link = ci.ptr;
@@ -279,45 +267,11 @@ LoopSnapshot snapshotLoop(session::SessionContext* ctx, session::LoopClients& lc
   return snap;
 }
 
-// Runs `visit` on every worker loop, then `done` on `home` with the parts in loop order. Each
-// loop fills its own slot; the last one to finish posts the assembly. Nobody waits.
-template <typename Part>
-void gather(session::SessionContext* ctx, net::EventLoop* home,
-            std::function<Part(session::LoopClients&)> visit,
-            std::function<void(std::vector<Part>&)> done) {
-  struct State {
-    std::vector<Part> parts;
-    std::atomic<size_t> pending{0};
-    std::function<Part(session::LoopClients&)> visit;
-    std::function<void(std::vector<Part>&)> done;
-  };
-  auto st = std::make_shared<State>();
-  size_t n = ctx->loops.size();
-  st->parts.resize(n);
-  st->pending.store(n);
-  st->visit = std::move(visit);
-  st->done = std::move(done);
-  if (n == 0) {
-    home->post([st] { st->done(st->parts); });
-    return;
-  }
-  for (size_t i = 0; i < n; ++i) {
-    session::LoopClients* lc = ctx->loops[i].get();
-    lc->loop->post([st, lc, i, home] {
-      st->parts[i] = st->visit(*lc);
-      // acq_rel: the loop that finishes last sees every other loop's part.
-      if (st->pending.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-        home->post([st] { st->done(st->parts); });
-      }
-    });
-  }
-}
-
 // Gathers every loop's snapshot and replies with render(all of them) on the caller's loop.
 void withSnapshot(session::SessionContext* ctx, const AdminConsole::Call& call,
                   std::function<std::string(const LoopSnapshot&)> render) {
   auto reply = call.reply;
-  gather<LoopSnapshot>(
+  gatherLoopsTo<LoopSnapshot>(
       ctx, call.session->clientLoop(),
       [ctx](session::LoopClients& lc) { return snapshotLoop(ctx, lc); },
       [reply, render = std::move(render)](std::vector<LoopSnapshot>& parts) {
@@ -623,6 +577,46 @@ std::string renderLists(session::SessionContext* ctx, const LoopSnapshot& all) {
                 row("dns_zones", 0), row("dns_queries", 0), row("dns_pending", 0)});
 }
 
+// ---- SHOW STATS / STATS_TOTALS / STATS_AVERAGES / TOTALS --------------------------------------
+
+// Totals per database over its pools (PgBouncer reports statistics per database), plus the
+// console's pseudo-database, which sluice does not count (zeros).
+std::map<std::string, PoolTotals> databaseTotals(session::SessionContext* ctx) {
+  std::map<std::string, PoolTotals> out;
+  for (const auto& p : ctx->pools->all()) out[p->database()] += sumShards(*p);
+  out[kConsoleName];
+  return out;
+}
+
+// PgBouncer's calc_average(): counts and bytes per second over the window; transaction and
+// query times as the mean duration (us) of those completed in it; wait time as microseconds
+// waited per second.
+struct Averages {
+  uint64_t xact_count = 0, query_count = 0, bytes_received = 0, bytes_sent = 0, xact_time = 0,
+           query_time = 0, wait_time = 0;
+};
+
+Averages average(const PoolTotals& cur, const PoolTotals& old, uint64_t dur_us) {
+  auto delta = [](uint64_t a, uint64_t b) { return a > b ? a - b : 0; };
+  Averages a;
+  if (dur_us == 0) return a;
+  auto per_second = [&](uint64_t d) {
+    return static_cast<uint64_t>(static_cast<unsigned __int128>(d) * 1000000 / dur_us);
+  };
+  uint64_t xacts = delta(cur.xact_count, old.xact_count);
+  uint64_t queries = delta(cur.query_count, old.query_count);
+  a.xact_count = per_second(xacts);
+  a.query_count = per_second(queries);
+  a.bytes_received = per_second(delta(cur.bytes_received, old.bytes_received));
+  a.bytes_sent = per_second(delta(cur.bytes_sent, old.bytes_sent));
+  if (xacts > 0) a.xact_time = delta(cur.xact_time_us, old.xact_time_us) / xacts;
+  if (queries > 0) a.query_time = delta(cur.query_time_us, old.query_time_us) / queries;
+  a.wait_time = per_second(delta(cur.wait_time_us, old.wait_time_us));
+  return a;
+}
+
+Value unum(uint64_t v) { return std::to_string(v); }
+
 // ---- SHOW CONFIG ------------------------------------------------------------------------------
 
 std::string configValue(int v) { return std::to_string(v); }
@@ -734,6 +728,9 @@ const std::vector<ConfigKey>& configKeys() {
 
 AdminConsole::AdminConsole(session::SessionContext* ctx, ControlPlane* control)
     : ctx_(ctx), control_(control) {
+  // As PgBouncer's stats_setup(): the first window counts from one second before start.
+  newer_at_ = now();
+  older_at_ = newer_at_ - std::chrono::seconds(1);
   auto settings = [this] { return ctx_->pools->config()->settings; };
 
   addNow("SHOW HELP", Arg::kNone, false, [this](const Call&) { return showHelp(); });
@@ -767,18 +764,14 @@ AdminConsole::AdminConsole(session::SessionContext* ctx, ControlPlane* control)
     withSnapshot(ctx_, call, [](const LoopSnapshot& all) { return renderHolders(all); });
   });
 
-  auto not_yet = [](const Call&) -> std::string {
-    throw AdminError(sqlstate::kFeatureNotSupported,
-                     "sluice: SHOW STATS, STATS_TOTALS, STATS_AVERAGES and TOTALS are not "
-                     "available yet: sluice does not count requests, bytes and times per "
-                     "database yet");
-  };
-  add("SHOW STATS", Arg::kNone, false,
-      "SHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS (not available yet)",
-      [not_yet](Call& call) { call.reply(not_yet(call)); });
-  for (const char* words : {"SHOW STATS_TOTALS", "SHOW STATS_AVERAGES", "SHOW TOTALS"}) {
-    add(words, Arg::kNone, false, "-", [not_yet](Call& call) { call.reply(not_yet(call)); });
-  }
+  addNow("SHOW STATS", Arg::kNone, false,
+         [this](const Call&) { return showStats(StatsView::kStats); });
+  addNow("SHOW STATS_TOTALS", Arg::kNone, false,
+         [this](const Call&) { return showStats(StatsView::kTotals); });
+  addNow("SHOW STATS_AVERAGES", Arg::kNone, false,
+         [this](const Call&) { return showStats(StatsView::kAverages); });
+  addNow("SHOW TOTALS", Arg::kNone, false,
+         [this](const Call&) { return showStats(StatsView::kTotalsList); });
   add("SHOW FDS", Arg::kNone, true, "SHOW FDS (not supported)", [](Call&) {
     throw AdminError(sqlstate::kFeatureNotSupported,
                      "sluice: SHOW FDS is not supported: it hands sockets to a new process in an "
@@ -963,6 +956,99 @@ std::string AdminConsole::reconnect(const std::string& database) const {
   return complete("RECONNECT");
 }
 
+// ---- SHOW STATS -------------------------------------------------------------------------------
+
+void AdminConsole::tick(TimePoint t) {
+  auto period = ctx_->pools->config()->settings.stats_period;
+  {
+    std::lock_guard lock(periods_mu_);
+    if (t - newer_at_ < period) return;
+  }
+  auto totals = databaseTotals(ctx_);
+  std::lock_guard lock(periods_mu_);
+  older_ = std::move(newer_);
+  older_at_ = newer_at_;
+  newer_ = std::move(totals);
+  newer_at_ = t;
+}
+
+// PgBouncer 1.18's columns, names and types (every number is numeric). SHOW STATS carries one
+// extra column at the end, total_requests (total_query_count under its pre-1.8 name), which
+// Debian's prometheus-pgbouncer-exporter 1.7 reads; readers by name or by position of the
+// PgBouncer columns are unaffected.
+std::string AdminConsole::showStats(StatsView view) const {
+  auto live = databaseTotals(ctx_);
+  std::map<std::string, PoolTotals> older;
+  uint64_t dur_us = 0;
+  {
+    std::lock_guard lock(periods_mu_);
+    older = older_;
+    dur_us = static_cast<uint64_t>(std::max<long long>(
+        0, std::chrono::duration_cast<std::chrono::microseconds>(now() - older_at_).count()));
+  }
+  auto totalsRow = [](const PoolTotals& t) {
+    return Row{unum(t.xact_count),  unum(t.query_count),  unum(t.bytes_received),
+               unum(t.bytes_sent),  unum(t.xact_time_us), unum(t.query_time_us),
+               unum(t.wait_time_us)};
+  };
+  auto averagesRow = [](const Averages& a) {
+    return Row{unum(a.xact_count), unum(a.query_count), unum(a.bytes_received), unum(a.bytes_sent),
+               unum(a.xact_time),  unum(a.query_time),  unum(a.wait_time)};
+  };
+  auto append = [](Row& to, Row from) {
+    std::move(from.begin(), from.end(), std::back_inserter(to));
+  };
+
+  if (view == StatsView::kTotalsList) {
+    PoolTotals all, old_all;
+    for (const auto& [db, t] : live) all += t;
+    for (const auto& [db, t] : older) old_all += t;
+    Averages a = average(all, old_all, dur_us);
+    std::vector<Row> rows;
+    const char* names[] = {"total_xact_count",   "total_query_count", "total_client_bytes",
+                           "total_server_bytes", "total_xact_time",   "total_query_time",
+                           "total_wait_time",    "avg_xact_count",    "avg_query_count",
+                           "avg_client_bytes",   "avg_server_bytes",  "avg_xact_time",
+                           "avg_query_time",     "avg_wait_time"};
+    Row values = totalsRow(all);
+    append(values, averagesRow(a));
+    for (size_t i = 0; i < values.size(); ++i) rows.push_back({std::string(names[i]), values[i]});
+    return table({{"name", kText}, {"value", kNumeric}}, rows);
+  }
+
+  std::vector<Row> rows;
+  for (const auto& [db, t] : live) {
+    auto it = older.find(db);
+    Averages a = average(t, it == older.end() ? PoolTotals{} : it->second, dur_us);
+    Row r{db};
+    if (view != StatsView::kAverages) append(r, totalsRow(t));
+    if (view != StatsView::kTotals) append(r, averagesRow(a));
+    if (view == StatsView::kStats) r.push_back(unum(t.query_count));  // total_requests
+    rows.push_back(std::move(r));
+  }
+  std::vector<Column> cols = {{"database", kText}};
+  auto add = [&cols](std::initializer_list<const char*> names) {
+    for (const char* n : names) cols.push_back({n, kNumeric});
+  };
+  switch (view) {
+    case StatsView::kStats:
+      add({"total_xact_count", "total_query_count", "total_received", "total_sent",
+           "total_xact_time", "total_query_time", "total_wait_time", "avg_xact_count",
+           "avg_query_count", "avg_recv", "avg_sent", "avg_xact_time", "avg_query_time",
+           "avg_wait_time", "total_requests"});
+      break;
+    case StatsView::kTotals:
+    case StatsView::kAverages:
+      add({"xact_count", "query_count", "bytes_received", "bytes_sent", "xact_time", "query_time",
+           "wait_time"});
+      break;
+    case StatsView::kTotalsList:
+    default:
+      std::abort();
+  }
+  return table(cols, rows);
+}
+
 // ---- KILL_CLIENT ------------------------------------------------------------------------------
 
 // Accepts the client id sluice logs and SHOW HOLDERS shows ("42" or "C42"), or the ptr column
@@ -991,7 +1077,7 @@ void AdminConsole::killClient(Call& call) {
   std::string by = call.session->prefix();
   SLOG_INFO("KILL_CLIENT {} issued by {}", arg, by);
   auto reply = call.reply;
-  gather<int>(
+  gatherLoopsTo<int>(
       ctx_, call.session->clientLoop(),
       [id, ptr, arg](session::LoopClients& lc) {
         ClientSession* found = nullptr;

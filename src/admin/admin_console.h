@@ -4,17 +4,21 @@
 // names, order and types, so operators' scripts and exporters read sluice unchanged.
 //
 // Owned by the App; one instance serves every admin session. execute() runs on the asking
-// client's loop. Commands about pools read only thread-safe state (Pool::stats(), the config
-// snapshot) and answer at once; commands about clients and servers post a task to every worker
-// loop, each loop reads its own sessions and idle servers, and the last loop to finish posts the
-// assembled reply to the asking client's loop. No loop ever waits for another.
+// client's loop. Commands about pools read only thread-safe state (Pool::stats(), the summed
+// statistics shards, the config snapshot) and answer at once; commands about clients and servers
+// post a task to every worker loop, each loop reads its own sessions and idle servers, and the last
+// loop to finish posts the assembled reply to the asking client's loop. No loop ever waits for
+// another.
 #pragma once
 
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 
+#include "admin/pool_views.h"
+#include "common/clock.h"
 #include "session/session_context.h"
 
 namespace sluice::admin {
@@ -34,6 +38,9 @@ class AdminConsole : public session::AdminHandler {
   AdminConsole(session::SessionContext* ctx, ControlPlane* control);
   void execute(const std::shared_ptr<session::ClientSession>& session, const std::string& sql,
                std::function<void(std::string)> reply) override;
+  // From the App's janitor (control loop): once per stats_period, keeps the per-database
+  // totals at the last two period boundaries, which SHOW STATS' averages are computed against.
+  void tick(TimePoint t);
 
   // One command being answered. `reply` must be called exactly once, on the session's loop.
   struct Call {
@@ -62,11 +69,21 @@ class AdminConsole : public session::AdminHandler {
   std::string showConfig() const;
   std::string showState() const;
   std::string reconnect(const std::string& database) const;
+  enum class StatsView { kStats, kTotals, kAverages, kTotalsList };
+  std::string showStats(StatsView view) const;
   void killClient(Call& call);
 
   session::SessionContext* ctx_;
   ControlPlane* control_;
   std::map<std::string, Command> commands_;  // "SHOW CLIENTS", "RELOAD", ... -> handler
+
+  // PgBouncer's stats periods: totals per database at the last two boundaries. Averages are
+  // (live totals - older_) / (now - older_at_), a window of one to two stats_period.
+  mutable std::mutex periods_mu_;
+  std::map<std::string, PoolTotals> older_;  // GUARDED_BY(periods_mu_)
+  std::map<std::string, PoolTotals> newer_;  // GUARDED_BY(periods_mu_)
+  TimePoint older_at_;                       // GUARDED_BY(periods_mu_)
+  TimePoint newer_at_;                       // GUARDED_BY(periods_mu_)
 };
 
 }  // namespace sluice::admin

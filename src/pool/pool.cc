@@ -417,4 +417,9 @@ PoolStats Pool::stats() const {
   return st;
 }
 
+Pool::LoginHealth Pool::loginHealth() const {
+  std::lock_guard lock(mu_);
+  return {login_failures_, last_login_error_, last_login_error_at_};
+}
+
 }  // namespace sluice::pool

@@ -120,6 +120,13 @@ class Pool : public std::enable_shared_from_this<Pool> {
   void applySettings(PoolSettings settings);
   PoolSettings settings() const;
   PoolStats stats() const;
+  // Server logins that failed in a row (0 once one succeeds) and the last failure; for /readyz.
+  struct LoginHealth {
+    int consecutive_failures = 0;
+    std::string last_error;
+    TimePoint last_error_at{};
+  };
+  LoginHealth loginHealth() const;
   // ParameterStatus set PostgreSQL sent at the first login, replayed to clients at their login.
   std::vector<std::pair<std::string, std::string>> welcome() const;
   bool hasWelcome() const;

@@ -290,7 +290,7 @@ bool ServerConn::handleLoginMessage(char type, std::string_view payload) {
       std::string name(r.cstring());
       std::string value(r.cstring());
       if (r.failed()) break;
-      params_[name] = value;
+      if (auto i = protocol::trackedIndex(name)) tracked_[*i] = value;
       welcome_.emplace_back(std::move(name), std::move(value));
       return true;
     }
@@ -400,9 +400,13 @@ void ServerConn::processActive() {
     std::string_view payload = data.substr(pos + 5, hdr->length - 4);
     if (t == 'S') {
       protocol::Reader r(payload);
-      std::string name(r.cstring());
-      std::string value(r.cstring());
-      if (!r.failed()) params_[name] = value;
+      std::string_view name = r.cstring();
+      std::string_view value = r.cstring();
+      auto i = protocol::trackedIndex(name);
+      if (!r.failed() && i && tracked_[*i] != value) {
+        tracked_[*i] = value;
+        ++tracked_version_;
+      }
     } else if (t == 'Z') {
       tx_status_ = payload.empty() ? 'I' : payload[0];
       if (owed_ready_ > 0) --owed_ready_;

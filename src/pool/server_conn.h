@@ -21,6 +21,7 @@
 #include "common/status.h"
 #include "net/buffer.h"
 #include "net/event_loop.h"
+#include "protocol/tracked_params.h"
 #include "protocol/wire.h"
 
 namespace sluice::pool {
@@ -107,7 +108,9 @@ class ServerConn : public std::enable_shared_from_this<ServerConn> {
   bool unsynced() const { return unsynced_; }
   bool writeInFlight() const { return write_in_flight_; }
   bool clean() const { return tx_status_ == 'I' && owed_ready_ == 0 && !unsynced_ && !internal_; }
-  const std::map<std::string, std::string>& params() const { return params_; }
+  // Current values of the tracked parameters, and a counter bumped whenever one changes.
+  const protocol::TrackedValues& tracked() const { return tracked_; }
+  uint64_t trackedVersion() const { return tracked_version_; }
   const std::vector<std::pair<std::string, std::string>>& welcome() const { return welcome_; }
   uint32_t backendPid() const { return backend_pid_; }
   uint32_t backendKey() const { return backend_key_; }
@@ -156,7 +159,8 @@ class ServerConn : public std::enable_shared_from_this<ServerConn> {
   std::function<void(Status)> internal_;
   std::string internal_error_;
 
-  std::map<std::string, std::string> params_;
+  protocol::TrackedValues tracked_;
+  uint64_t tracked_version_ = 0;
   std::vector<std::pair<std::string, std::string>> welcome_;  // ParameterStatus at login
   uint32_t backend_pid_ = 0;
   uint32_t backend_key_ = 0;

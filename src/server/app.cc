@@ -60,6 +60,11 @@ int App::run() {
   ctx_.admin = admin_.get();
 
   listen();
+  if (!s.http_listen.empty()) {
+    // Bound before the worker loops start, so that a bad address fails start-up cleanly.
+    http_ = std::make_unique<http::HttpServer>(&ctx_);
+    http_->start(s.http_listen);
+  }
   const std::string pidfile = s.pidfile;  // cfg_ (and `s`) may be replaced by a reload
   if (!pidfile.empty()) {
     std::ofstream(pidfile) << getpid() << "\n";
@@ -71,6 +76,7 @@ int App::run() {
   waitSignals();
   scheduleJanitor();
   control_.run();
+  if (http_) http_->stop();  // before the loops it reads from go away
 
   // Close every connection on its own loop, then let the loops finish their handlers, so that
   // nothing that owns a socket or timer outlives its io_context.
@@ -230,6 +236,9 @@ void App::scheduleJanitor() {
 void App::janitorTick() {
   pools_->janitor();
   if (shutting_down_) shutdownTick();
+  auto t0 = now();
+  admin_->tick(t0);  // SHOW STATS' periods
+  monitor_.tick(t0, pools_->config()->settings, *pools_);
   if (++janitor_ticks_ % 2 != 0) return;
   auto cfg = pools_->config();
   for (auto& lc : ctx_.loops) {
@@ -237,6 +246,10 @@ void App::janitorTick() {
     l->loop->post([l, cfg] {
       l->cfg = cfg;
       auto t = now();
+      // The loop's heartbeat, for /health: it ran this task.
+      l->heartbeat_ns.store(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count(),
+          std::memory_order_relaxed);
       // Copy: the janitor may close clients, which erases them from the set.
       std::vector<std::shared_ptr<session::ClientSession>> clients;
       clients.reserve(l->clients.size());
@@ -291,6 +304,7 @@ std::string App::reload() {
     if (a.unix_socket_dir != b.unix_socket_dir) restart.push_back("unix_socket_dir");
     if (a.workers != b.workers) restart.push_back("workers");
     if (a.logfile != b.logfile) restart.push_back("logfile");
+    if (a.http_listen != b.http_listen) restart.push_back("http_listen");
     cfg_ = cfg;
     pools_->setConfig(cfg, users);
     std::string msg = "configuration reloaded from " + cfg->path;

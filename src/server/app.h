@@ -10,8 +10,10 @@
 
 #include "admin/admin_console.h"
 #include "config/config.h"
+#include "http/http_server.h"
 #include "net/event_loop.h"
 #include "pool/pool_registry.h"
+#include "server/monitor.h"
 #include "session/session_context.h"
 
 namespace sluice::server {
@@ -53,7 +55,9 @@ class App : public admin::ControlPlane {
   std::vector<std::unique_ptr<net::EventLoop>> loops_;
   std::unique_ptr<pool::PoolRegistry> pools_;
   session::SessionContext ctx_;
-  std::unique_ptr<session::AdminHandler> admin_;
+  std::unique_ptr<admin::AdminConsole> admin_;
+  std::unique_ptr<http::HttpServer> http_;  // when http_listen is set
+  PoolMonitor monitor_;
   std::vector<std::shared_ptr<asio::ip::tcp::acceptor>> tcp_acceptors_;
   std::vector<std::shared_ptr<asio::local::stream_protocol::acceptor>> unix_acceptors_;
   std::string unix_socket_path_;

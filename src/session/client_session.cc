@@ -7,6 +7,7 @@
 
 #include "common/log.h"
 #include "protocol/sqlstate.h"
+#include "protocol/tracked_params.h"
 #include "protocol/wire.h"
 
 namespace sluice::session {
@@ -19,19 +20,6 @@ namespace {
 constexpr size_t kReadChunk = 16 * 1024;
 constexpr size_t kHighWatermark = 512 * 1024;  // client write buffer that pauses the server
 constexpr size_t kLowWatermark = 64 * 1024;
-
-// Parameters whose value a client must always see as its own; PostgreSQL reports each of them
-// with ParameterStatus, so the server's current value is always known.
-constexpr const char* kTracked[] = {
-    "client_encoding", "DateStyle", "TimeZone", "IntervalStyle", "standard_conforming_strings",
-    "application_name"};
-
-const char* trackedName(const std::string& key) {
-  for (const char* t : kTracked) {
-    if (strcasecmp(t, key.c_str()) == 0) return t;
-  }
-  return nullptr;
-}
 
 ErrorInfo makeError(const char* sqlstate, std::string message, const char* severity = "ERROR") {
   ErrorInfo e;
@@ -60,9 +48,8 @@ const config::Settings& ClientSession::settings() const {
   return ctx_->loops[loop_->index()]->cfg->settings;
 }
 
-std::string ClientSession::applicationName() const {
-  auto it = want_.find("application_name");
-  return it == want_.end() ? std::string() : it->second;
+const std::string& ClientSession::applicationName() const {
+  return want_[protocol::kApplicationNameParam];
 }
 
 std::string ClientSession::prefix() const {
@@ -283,8 +270,9 @@ bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
   }
   for (const auto& [k, v] : m.params) {
     if (k == "user" || k == "database") continue;
-    if (const char* t = trackedName(k)) {
-      want_[t] = v;
+    if (auto i = protocol::trackedIndex(k)) {
+      want_[*i] = v;
+      want_given_[*i] = true;
       continue;
     }
     std::string lk = k;
@@ -309,7 +297,8 @@ bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
     std::string host = colon == std::string::npos
                            ? peer_
                            : peer_.substr(0, colon) + "(" + peer_.substr(colon + 1) + ")";
-    auto& app = want_["application_name"];
+    want_given_[protocol::kApplicationNameParam] = true;
+    auto& app = want_[protocol::kApplicationNameParam];
     app = app.empty() ? host : app + " - " + host;
   }
   is_admin_ = database_ == "pgbouncer" || database_ == "sluice";
@@ -433,9 +422,10 @@ void ClientSession::finishLogin() {
 void ClientSession::sendWelcome() {
   std::string out;
   for (auto& [k, v] : pool_->welcome()) {
-    auto it = want_.find(k);
-    if (it == want_.end()) want_[k] = v;  // tracked parameters start at the server's value
-    protocol::appendParameterStatus(out, k, it == want_.end() ? v : it->second);
+    auto i = protocol::trackedIndex(k);
+    // Tracked parameters the client did not set start at the server's value.
+    if (i && !want_given_[*i]) want_[*i] = v;
+    protocol::appendParameterStatus(out, k, i ? want_[*i] : v);
   }
   protocol::appendBackendKeyData(out, cancel_pid_, cancel_key_);
   protocol::appendReadyForQuery(out, 'I');
@@ -608,6 +598,7 @@ void ClientSession::attachServer(std::shared_ptr<pool::ServerConn> server) {
   }
   sql += syncSql();
   if (sql.empty()) {
+    synced_version_ = server_->trackedVersion();
     state_ = State::kActive;
     return;
   }
@@ -629,6 +620,7 @@ void ClientSession::attachServer(std::shared_ptr<pool::ServerConn> server) {
           "sluice: could not apply client parameters on the server: " + st.message());
       return;
     }
+    self->synced_version_ = self->server_->trackedVersion();
     self->state_ = State::kActive;
     self->processClient();
   });
@@ -636,13 +628,12 @@ void ClientSession::attachServer(std::shared_ptr<pool::ServerConn> server) {
 
 std::string ClientSession::syncSql() const {
   std::string sql;
-  const auto& have = server_->params();
-  for (const auto& [k, v] : want_) {
-    auto it = have.find(k);
-    if (it != have.end() && it->second == v) continue;
-    std::string name = k;
+  const auto& have = server_->tracked();
+  for (size_t i = 0; i < want_.size(); ++i) {
+    if (have[i] == want_[i]) continue;
+    std::string name = protocol::kTrackedParams[i];
     std::transform(name.begin(), name.end(), name.begin(), ::tolower);
-    sql += "SET " + name + " TO " + protocol::quoteLiteral(v) + ";";
+    sql += "SET " + name + " TO " + protocol::quoteLiteral(want_[i]) + ";";
   }
   return sql;
 }
@@ -686,10 +677,7 @@ void ClientSession::releaseServer() {
   }
   stats_->hold_seconds.observe(secondsSince(server_since_));
   // Whatever the client changed with SET is its own from now on.
-  for (auto& [k, v] : want_) {
-    auto it = server_->params().find(k);
-    if (it != server_->params().end()) v = it->second;
-  }
+  if (server_->trackedVersion() != synced_version_) want_ = server_->tracked();
   if (settings().server_reset_query_always) {
     pool_->resetAndRelease(std::move(server_));
   } else {

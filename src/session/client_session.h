@@ -20,6 +20,7 @@
 #include "net/event_loop.h"
 #include "pool/pool.h"
 #include "pool/server_conn.h"
+#include "protocol/tracked_params.h"
 #include "session/session_context.h"
 #include "stats/close_reason.h"
 
@@ -71,7 +72,7 @@ class ClientSession : public pool::PoolClient,
   const std::string& user() const { return user_; }
   const std::string& database() const { return database_; }
   const std::string& peer() const { return peer_; }
-  std::string applicationName() const;
+  const std::string& applicationName() const;
   TimePoint connectedAt() const { return connected_at_; }
   TimePoint requestStartedAt() const { return request_started_; }
   TimePoint waitStartedAt() const { return wait_started_; }  // meaningful while kWaiting
@@ -129,7 +130,9 @@ class ClientSession : public pool::PoolClient,
 
   std::string user_;
   std::string database_;
-  std::map<std::string, std::string> want_;  // tracked parameters as this client should see them
+  protocol::TrackedValues want_;  // tracked parameters as this client should see them
+  std::array<bool, protocol::kTrackedParams.size()> want_given_{};  // set at startup
+  uint64_t synced_version_ = 0;   // server_->trackedVersion() right after the sync
   std::unique_ptr<auth::ClientAuth> auth_;
   std::shared_ptr<pool::Pool> pool_;
   pool::PoolShard* stats_ = nullptr;  // this loop's statistics shard of pool_

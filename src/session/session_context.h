@@ -11,6 +11,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "common/clock.h"
 #include "net/event_loop.h"
 #include "pool/pool_registry.h"
 #include "session/cancel_registry.h"
@@ -41,6 +42,11 @@ struct LoopClients {
   std::shared_ptr<const config::Config> cfg;
   // Closes of clients that never reached a pool (bad startup, unknown database, ...).
   std::array<stats::Counter, stats::kNumCloseReasons> disconnects;
+  // When this loop last ran the janitor's periodic task (steady clock, ns since its epoch):
+  // written on `loop`, read by the HTTP thread, which reports the loop stalled after 2 s.
+  std::atomic<int64_t> heartbeat_ns{
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
+          .count()};
 };
 
 struct SessionContext {

@@ -1,0 +1,71 @@
+#include "http/probes.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <ctime>
+#include <nlohmann/json.hpp>
+
+namespace sluice::http {
+
+using nlohmann::json;
+
+std::string isoTimestamp(std::chrono::system_clock::time_point t) {
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+  std::time_t secs = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[32];
+  size_t n = std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+  return fmt::format("{}.{:03}Z", std::string_view(buf, n), ms % 1000);
+}
+
+ProbeResult health(const session::SessionContext& ctx) {
+  int64_t now_ns =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+  int64_t limit = std::chrono::duration_cast<std::chrono::nanoseconds>(kStallAfter).count();
+  json stalled = json::array();
+  for (size_t i = 0; i < ctx.loops.size(); ++i) {
+    if (now_ns - ctx.loops[i]->heartbeat_ns.load(std::memory_order_relaxed) > limit) {
+      stalled.push_back(i);
+    }
+  }
+  if (stalled.empty()) return {200, json{{"status", "ok"}}.dump()};
+  return {503, json{{"status", "unhealthy"}, {"stalled_loops", stalled}}.dump()};
+}
+
+ProbeResult readiness(const session::SessionContext& ctx) {
+  std::string ts = isoTimestamp(std::chrono::system_clock::now());
+  bool unavailable = ctx.shutting_down.load() || ctx.paused.load();
+  bool degraded = false;
+  json pools = json::array();
+  for (const auto& p : ctx.pools->all()) {
+    pool::PoolStats st = p->stats();
+    pool::Pool::LoginHealth login = p->loginHealth();
+    double utilization = st.pool_size > 0 ? 100.0 * st.active / st.pool_size : 0.0;
+    json j = {{"poolName", p->name()},
+              {"database", st.database},
+              {"user", st.user},
+              {"totalCount", st.total},
+              {"idleCount", st.idle},
+              {"activeCount", st.active},
+              {"waitingCount", st.waiting},
+              {"utilizationPercent", std::round(utilization * 10) / 10},
+              {"maxWaitMs", static_cast<long long>(std::llround(st.max_wait_s * 1000))},
+              {"timestamp", ts}};
+    if (login.consecutive_failures > 0 && now() - login.last_error_at < kLoginFailureWindow) {
+      // The last login attempt failed, recently: the database is down or refuses sluice. A
+      // successful login clears it; so does a minute without attempts (nobody needs the pool).
+      unavailable = true;
+      j["lastLoginError"] = login.last_error;
+    }
+    if (st.waiting > 0) degraded = true;
+    pools.push_back(std::move(j));
+  }
+  const char* status = unavailable ? "unavailable" : degraded ? "degraded" : "ok";
+  json body = {{"status", status}, {"timestamp", ts}, {"pools", std::move(pools)}};
+  // replace: a server's error text need not be valid UTF-8.
+  return {unavailable ? 503 : 200, body.dump(-1, ' ', false, json::error_handler_t::replace)};
+}
+
+}  // namespace sluice::http

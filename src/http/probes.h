@@ -1,0 +1,39 @@
+// Probes: the JSON bodies and status codes of GET /health (liveness) and GET /readyz
+// (readiness with per-pool numbers). Pure reads of thread-safe state (loop heartbeats,
+// Pool::stats(), Pool::loginHealth(), the shutdown and pause flags); callable from any thread,
+// never posts to a loop, so a stalled loop cannot stall the probe that reports it.
+#pragma once
+
+#include <chrono>
+#include <string>
+
+#include "session/session_context.h"
+
+namespace sluice::http {
+
+struct ProbeResult {
+  int status = 200;
+  std::string body;  // JSON
+};
+
+// A loop whose heartbeat is older than this is reported stalled.
+inline constexpr std::chrono::seconds kStallAfter{2};
+
+// 200 {"status":"ok"} while every worker loop has ticked within kStallAfter; otherwise 503
+// {"status":"unhealthy","stalled_loops":[index, ...]}.
+ProbeResult health(const session::SessionContext& ctx);
+
+// A pool whose last server login failed less than this ago makes /readyz unavailable.
+inline constexpr std::chrono::seconds kLoginFailureWindow{60};
+
+// {"status":"ok|degraded|unavailable","timestamp":ISO8601,"pools":[...]}: 503 "unavailable"
+// while shutting down or paused, or while a pool's last server login failed within
+// kLoginFailureWindow (its database is unreachable or refuses sluice; a pool with such a
+// failure carries "lastLoginError"); 200 "degraded" while some pool has clients waiting; else
+// 200 "ok".
+ProbeResult readiness(const session::SessionContext& ctx);
+
+// "2026-11-23T17:08:02.123Z".
+std::string isoTimestamp(std::chrono::system_clock::time_point t);
+
+}  // namespace sluice::http
