@@ -7,6 +7,7 @@
 #include <cstring>
 #include <memory>
 #include <string_view>
+#include <vector>
 
 namespace sluice::net {
 
@@ -47,12 +48,44 @@ class ByteBuffer {
     }
   }
   size_t capacity() const { return cap_; }
+  // Hands the (empty) storage back, e.g. to a BufferPool, or takes storage from one.
+  std::unique_ptr<char[]> release() {
+    head_ = tail_ = 0;
+    cap_ = 0;
+    return std::move(buf_);
+  }
+  void adopt(std::unique_ptr<char[]> storage, size_t cap) {
+    buf_ = std::move(storage);
+    cap_ = cap;
+    head_ = tail_ = 0;
+  }
 
  private:
   std::unique_ptr<char[]> buf_;
   size_t cap_ = 0;
   size_t head_ = 0;
   size_t tail_ = 0;
+};
+
+// BufferPool: read buffers of one fixed size that connections of one loop borrow while they
+// have data and give back when drained, so idle connections hold none and busy ones do not
+// allocate per request. Owned by a loop; not thread-safe.
+class BufferPool {
+ public:
+  static constexpr size_t kSize = 16 * 1024;
+  std::unique_ptr<char[]> take() {
+    if (free_.empty()) return std::make_unique_for_overwrite<char[]>(kSize);
+    auto b = std::move(free_.back());
+    free_.pop_back();
+    return b;
+  }
+  void give(std::unique_ptr<char[]> b) {
+    if (b && free_.size() < kMaxFree) free_.push_back(std::move(b));
+  }
+
+ private:
+  static constexpr size_t kMaxFree = 256;
+  std::vector<std::unique_ptr<char[]>> free_;
 };
 
 }  // namespace sluice::net

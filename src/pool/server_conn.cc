@@ -454,8 +454,7 @@ void ServerConn::processActive() {
 
 void ServerConn::startIdleWatch() {
   state_ = State::kIdle;
-  if (!read_in_flight_) in_.shrinkIfEmpty();
-  startRead();
+  startRead();  // servers are few: each keeps its read buffer
 }
 
 void ServerConn::detachFromLoop() {

@@ -59,19 +59,52 @@ std::string ClientSession::prefix() const {
 void ClientSession::start() {
   ctx_->loops[loop_->index()]->clients.insert(this);
   ctx_->client_count.fetch_add(1);
+  asio::error_code ec;
+  socket_.non_blocking(true, ec);  // reads after a readiness wait must never block the loop
   startRead();
 }
 
 // ---- I/O ----
 
+// An idle client holds no buffer: it waits for readability, then borrows one from its loop's
+// pool for as long as it has unprocessed bytes.
 void ClientSession::startRead() {
   if (read_in_flight_ || state_ == State::kClosed || close_after_write_) return;
   read_in_flight_ = true;
-  char* p = in_.prepare(kReadChunk);
   auto self = shared_from_this();
+  if (in_.capacity() == 0) {
+    socket_.async_wait(Socket::wait_read, [self](const asio::error_code& ec) {
+      if (ec || self->state_ == State::kClosed) {
+        self->read_in_flight_ = false;
+        if (!ec) return;
+        return self->onRead(ec, 0);
+      }
+      self->in_.adopt(self->loopState().buffers.take(), net::BufferPool::kSize);
+      asio::error_code rec;
+      size_t n = self->socket_.read_some(asio::buffer(self->in_.prepare(1), self->in_.writable()), rec);
+      if (rec == asio::error::would_block || rec == asio::error::try_again) {
+        self->loopState().buffers.give(self->in_.release());
+        self->read_in_flight_ = false;
+        return self->startRead();
+      }
+      self->onRead(rec, n);
+    });
+    return;
+  }
+  char* p = in_.prepare(kReadChunk);
   socket_.async_read_some(asio::buffer(p, in_.writable()),
                           [self](const asio::error_code& ec, size_t n) { self->onRead(ec, n); });
 }
+
+void ClientSession::releaseBufferIfDrained() {
+  if (in_.empty() && !read_in_flight_ && in_.capacity() == net::BufferPool::kSize) {
+    loopState().buffers.give(in_.release());
+  } else if (in_.empty() && !read_in_flight_) {
+    in_.shrinkIfEmpty();
+  }
+}
+
+LoopClients& ClientSession::loopState() const { return *ctx_->loops[loop_->index()]; }
 
 void ClientSession::onRead(const asio::error_code& ec, size_t n) {
   read_in_flight_ = false;
@@ -526,7 +559,7 @@ void ClientSession::processClient() {
   if (server_) forward(pos);
   in_.consume(pos);
   if (state_ == State::kIdle || state_ == State::kActive) {
-    if (in_.empty() && !read_in_flight_) in_.shrinkIfEmpty();
+    releaseBufferIfDrained();
     startRead();
   }
 }

@@ -85,6 +85,8 @@ class ClientSession : public pool::PoolClient,
 
  private:
   void startRead();
+  void releaseBufferIfDrained();
+  LoopClients& loopState() const;
   void onRead(const asio::error_code& ec, size_t n);
   void send(std::string_view bytes);
   void flushWrites();

@@ -375,9 +375,9 @@ void ServerStatements::appendName(std::string& out, uint64_t seq) {
   out.append(ServerName(seq).view());
 }
 
-ServerStatements::Entry* ServerStatements::find(const StatementDef& def) {
+ServerStatements::Lru::iterator ServerStatements::find(const StatementDef& def) {
   auto it = index_.find(keyOf(def));
-  return it == index_.end() ? nullptr : &*it->second;
+  return it == index_.end() ? lru_.end() : it->second;
 }
 
 std::string ServerStatements::serverName(const StatementDef& def) const {
@@ -386,17 +386,14 @@ std::string ServerStatements::serverName(const StatementDef& def) const {
   return std::string(ServerName(it->second->seq).view());
 }
 
-void ServerStatements::touch(Entry* e) {
-  auto it = index_.find(KeyView{e->query, e->params, e->hash});
-  lru_.splice(lru_.end(), lru_, it->second);
-}
+void ServerStatements::touch(Lru::iterator e) { lru_.splice(lru_.end(), lru_, e); }
 
-ServerStatements::Entry* ServerStatements::add(const StatementDef& def) {
-  lru_.push_back(Entry{def.query, def.params, def.hash, next_seq_++, batch_, false});
-  Entry& e = lru_.back();
-  index_.emplace(KeyView{e.query, e.params, e.hash}, std::prev(lru_.end()));
+ServerStatements::Lru::iterator ServerStatements::add(const StatementDef& def, uint64_t parsed_by) {
+  lru_.push_back(Entry{def.query, def.params, def.hash, next_seq_++, batch_, false, parsed_by});
+  Lru::iterator e = std::prev(lru_.end());
+  index_.emplace(KeyView{e->query, e->params, e->hash}, e);
   ++counters_.prepared;
-  return &e;
+  return e;
 }
 
 uint64_t ServerStatements::evictOldest() {
@@ -422,8 +419,8 @@ ServerStatements::Lru::iterator ServerStatements::findSetAside(uint64_t seq, Lru
 }
 
 void ServerStatements::onPrepared(const StatementDef& def, uint64_t seq) {
-  Entry* e = find(def);
-  if (e && e->seq == seq) {
+  Lru::iterator e = find(def);
+  if (e != lru_.end() && e->seq == seq) {
     e->confirmed = true;
     return;
   }
@@ -462,13 +459,21 @@ uint64_t ServerStatements::setAsideAll() {
   return id;
 }
 
-void ServerStatements::endSetAside(uint64_t id, bool restore) {
+void ServerStatements::endSetAside(uint64_t id, SetAsideEnd how) {
   auto pos = std::find_if(set_aside_.begin(), set_aside_.end(),
                           [&](const auto& s) { return s.first == id; });
   if (pos == set_aside_.end()) return;
   Lru taken = std::move(pos->second);
   set_aside_.erase(pos);
-  if (!restore) return;  // the server deallocated them
+  switch (how) {
+    case SetAsideEnd::kRan:
+      return;  // the server deallocated them
+    case SetAsideEnd::kUnknown:
+      for (const Entry& e : taken) orphans_.push_back(e.seq);  // Close is harmless either way
+      return;
+    case SetAsideEnd::kFailed:
+      break;
+  }
   // They are older than anything prepared since: back at the cold end, unless their key was
   // prepared again meanwhile (then the older copy is closed). The cap applies on the next add.
   while (!taken.empty()) {
@@ -508,8 +513,7 @@ Rewriter::~Rewriter() {
       server_.orphans_.push_back(p.seq);
     }
     if (p.undo && p.undo->set_aside != 0) {
-      // Unknown whether the server deallocated them: close them all.
-      server_.endSetAside(p.undo->set_aside, true);
+      server_.endSetAside(p.undo->set_aside, ServerStatements::SetAsideEnd::kUnknown);
     }
   }
 }
@@ -563,7 +567,9 @@ void Rewriter::attachUndo(Pending& p, std::unique_ptr<Undo> u) {
 void Rewriter::releaseUndo(Pending& p) {
   if (!p.undo) return;
   // Committed: the server deallocated what was set aside (after undo() this finds nothing).
-  if (p.undo->set_aside != 0) server_.endSetAside(p.undo->set_aside, false);
+  if (p.undo->set_aside != 0) {
+    server_.endSetAside(p.undo->set_aside, ServerStatements::SetAsideEnd::kRan);
+  }
   if (p.undo->op != Undo::Op::kNone) {
     auto it = std::find(changes_.begin(), changes_.end(), p.id);
     if (it != changes_.end()) changes_.erase(it);
@@ -587,8 +593,8 @@ bool Rewriter::conflicts(std::string_view name, Use use) {
     if (u.op == Undo::Op::kRegister && u.real_parse && use == Use::kBind) {
       // Only while the statement that Parse makes is still the one the Bind will name (the cap
       // or a DEALLOCATE ALL may have dropped it, and a Parse injected instead would succeed).
-      const ServerStatements::Entry* e = server_.find(*u.def);
-      if (e && e->parsed_by == u.def->id) continue;
+      auto e = server_.find(*u.def);
+      if (e != server_.lru_.end() && e->parsed_by == u.def->id) continue;
     }
     return true;
   }
@@ -670,7 +676,7 @@ void Rewriter::makeRoom(std::string& to_server) {
 }
 
 uint64_t Rewriter::ensurePrepared(const StatementRef& def, std::string& to_server) {
-  ServerStatements::Entry* e = server_.find(*def);
+  auto e = server_.find(*def);
   // A statement whose Parse is still unanswered may be relied on within the same batch (if that
   // Parse fails or is skipped, PostgreSQL skips the rest of the batch too), and by the client
   // statement whose own Parse it is (if that fails, the statement does not exist for PostgreSQL
@@ -678,13 +684,14 @@ uint64_t Rewriter::ensurePrepared(const StatementRef& def, std::string& to_serve
   // new name, because the first Parse may fail for a reason that no longer holds then (an
   // aborted transaction since rolled back); the older copy is closed once its ParseComplete
   // arrives.
-  if (e && (e->confirmed || e->batch == server_.batch_ || e->parsed_by == def->id)) {
+  if (e != server_.lru_.end() &&
+      (e->confirmed || e->batch == server_.batch_ || e->parsed_by == def->id)) {
     server_.touch(e);
     return e->seq;
   }
-  if (e) server_.forget(*def, e->seq, false);
+  if (e != server_.lru_.end()) server_.forget(*def, e->seq, false);
   makeRoom(to_server);
-  e = server_.add(*def);
+  e = server_.add(*def, 0);
   appendParse(to_server, e->seq, *def);
   uint64_t seq = e->seq;
   push(Kind::kInjectedParse, seq, def);
@@ -844,11 +851,13 @@ Rewriter::Action Rewriter::onParse(std::string_view msg, bool whole, std::string
   undo->def = def;
 
   flushOrphans(to_server);
-  ServerStatements::Entry* e = server_.find(*def);
+  auto e = server_.find(*def);
+  const bool found = e != server_.lru_.end();
   // Answer from the cache only when PostgreSQL would surely have accepted this Parse: nothing
   // earlier is unanswered that could abort the transaction (within this batch an earlier error
   // skips the answer too), and the transaction is not aborted (Parse would get 25P02).
-  if (e && (e->confirmed || e->batch == server_.batch_) && owed_ready_ == 0 && tx_status_ != 'E') {
+  if (found && (e->confirmed || e->batch == server_.batch_) && owed_ready_ == 0 &&
+      tx_status_ != 'E') {
     // Already prepared here (by this or another client): answer ParseComplete ourselves.
     server_.touch(e);
     ++server_.counters_.reused;
@@ -857,12 +866,20 @@ Rewriter::Action Rewriter::onParse(std::string_view msg, bool whole, std::string
     if (synthesized(front().kind)) emitSynthesized(to_client);
     return Action::kReplace;
   }
-  // Otherwise the server decides, under a new name; an older copy is closed (if it was confirmed)
-  // or closed when its ParseComplete arrives.
-  if (e) server_.forget(*def, e->seq, e->confirmed);
+  if (found && e->confirmed) {
+    // The server must decide, but the confirmed copy stays: the Parse goes out under a name of its
+    // own, closed again once its ParseComplete arrives.
+    uint64_t seq = server_.reserveSeq();
+    appendParse(to_server, seq, *def);
+    undo->real_parse = true;
+    attachUndo(push(Kind::kParse, seq, std::move(def)), std::move(undo));
+    return Action::kReplace;
+  }
+  // Sent under a new name that serves this text from now on (an older copy still unanswered is
+  // closed when its ParseComplete arrives).
+  if (found) server_.forget(*def, e->seq, false);
   makeRoom(to_server);
-  e = server_.add(*def);
-  e->parsed_by = def->id;
+  e = server_.add(*def, def->id);
   appendParse(to_server, e->seq, *def);
   uint64_t seq = e->seq;
   undo->real_parse = true;
@@ -1195,7 +1212,7 @@ void Rewriter::undo(Pending& p) {
       for (auto& [name, def] : u.old) {
         if (!def->dead) map.try_emplace(name, def);
       }
-      server_.endSetAside(u.set_aside, /*restore=*/true);  // not deallocated after all
+      server_.endSetAside(u.set_aside, ServerStatements::SetAsideEnd::kFailed);
       break;
     case Undo::Op::kNone:
       break;

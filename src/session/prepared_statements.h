@@ -2,7 +2,8 @@
 // statements (extended-protocol Parse with a non-empty name) keep working although each
 // transaction may run on a different server connection, as in PgBouncer 1.21+.
 //
-// Three pieces, all pure (no I/O, no clock, no globals) so they can be tested with golden bytes:
+// Three pieces, all pure (no I/O, no clock; the only global is an atomic id counter) so they can
+// be tested with golden bytes:
 //  - ClientStatements: one per client; the statements the client has prepared, by its names.
 //  - ServerStatements: one per server connection; which statements are prepared on it, under
 //    which server-side name ("sluice_s<N>"), in LRU order, capped at max_prepared_statements.
@@ -11,9 +12,10 @@
 //    filters each server message for the client, keeping a FIFO of what every message sent to the
 //    server will be answered with and who must see it.
 //
-// Ownership and threads: a ClientStatements is owned by its ClientSession, a ServerStatements by
-// its ServerConn (it moves between loops with it, through the same posted tasks), a Rewriter by
-// the ClientSession while the server is attached. None is thread-safe; all three are touched only
+// Ownership and threads: a ClientStatements is owned by its ClientSession, a ServerStatements
+// lives exactly as long as its server connection (held for the ServerConn, it moves between
+// loops with it through the same posted tasks), a Rewriter is owned by the ClientSession while
+// the server is attached. None is thread-safe; all three are touched only
 // on the loop that owns the client (and, while attached, the server). A ServerStatements keeps its
 // own copies of query texts, so nothing is shared between clients or loops.
 //
@@ -73,10 +75,6 @@ struct StatementDef {
   // Its Parse failed or was skipped: it never existed, so undoing a later Close or DEALLOCATE
   // must not bring it back. Only the owning client's loop touches it.
   mutable bool dead = false;
-
-  bool sameKey(const StatementDef& o) const {
-    return hash == o.hash && query == o.query && params == o.params;
-  }
 };
 using StatementRef = std::shared_ptr<const StatementDef>;
 
@@ -167,10 +165,16 @@ class ServerStatements {
   using Lru = std::list<Entry>;  // front: least recently used
 
   static KeyView keyOf(const StatementDef& d) { return {d.query, d.params, d.hash}; }
-  Entry* find(const StatementDef& def);
-  void touch(Entry* e);
-  Entry* add(const StatementDef& def);  // caller made room; sets seq and batch
-  uint64_t evictOldest();               // returns the seq of the removed entry
+  Lru::iterator find(const StatementDef& def);  // lru_.end() if not prepared here
+  void touch(Lru::iterator e);
+  // The caller made room. `parsed_by`: StatementDef::id of the client Parse sent for it, or 0.
+  Lru::iterator add(const StatementDef& def, uint64_t parsed_by);
+  // A server name for a Parse that does not go into the map (closed once it succeeds).
+  uint64_t reserveSeq() {
+    ++counters_.prepared;
+    return next_seq_++;
+  }
+  uint64_t evictOldest();  // returns the seq of the removed entry
   // Outcomes of a Parse sent under `seq` for `def`'s key.
   void onPrepared(const StatementDef& def, uint64_t seq);
   void onNotPrepared(const StatementDef& def, uint64_t seq);
@@ -179,7 +183,12 @@ class ServerStatements {
   // A DEALLOCATE ALL or DISCARD ALL was sent: empty the map into a set-aside list (whose Parse
   // outcomes still count), to be dropped if it runs or restored if it fails or is skipped.
   uint64_t setAsideAll();
-  void endSetAside(uint64_t id, bool restore);
+  enum class SetAsideEnd : uint8_t {
+    kRan,      // the server deallocated them: drop
+    kFailed,   // it failed or was skipped: restore
+    kUnknown,  // the Rewriter went away first: Close them all
+  };
+  void endSetAside(uint64_t id, SetAsideEnd how);
   Lru::iterator findSetAside(uint64_t seq, Lru** list);
 
   size_t max_prepared_;
@@ -197,18 +206,23 @@ class ServerStatements {
 // answers back. Owned by the ClientSession from attach to release; not thread-safe. Holds
 // references to both statement sets, which must outlive it.
 //
-// Client side, for every complete client message in order:
-//   1. need = clientBytesNeeded(type, length) bytes of the message (from its type byte);
-//   2. onClientMessage(those bytes, to_server, to_client);
+// Client side, for every client message in order, once a server is attached:
+//   1. need = clientBytesNeeded(type, length): that many bytes of the message, from its type byte
+//      (the whole message, a prefix of a big Bind, or just the header);
+//   2. onClientMessage(those bytes, to_server, to_client), both buffers empty;
 //   3. kForward: relay the whole message unchanged. kReplace: send to_server instead of the
-//      first `need` bytes, then relay the message's remaining length+1-need bytes unchanged.
-//      In both cases send to_client (if not empty) to the client first... see the integration notes
-//      in docs/architecture.md; to_client is only ever filled when nothing is pending.
+//      first `need` bytes, then relay the rest of the message (length+1-need bytes) unchanged.
+//      kWait: consume nothing; offer the same message again after the next server message.
+//      In every case send to_client (answers sluice gives itself; only filled when nothing
+//      else is pending, so it never overtakes a server answer) to the client.
 // Server side, for every server message in order:
 //   onServerMessage(msg, to_client) with the whole message, except that for types where
 //   serverBodyNeeded(type) is false (DataRow, CopyData, FunctionCallResponse) the 5-byte header is
 //   enough. kForward: relay the message unchanged. kReplace: send to_client instead (possibly
 //   nothing). kReplace is never returned for a header-only message.
+// Release the server only when idle() (and, as before, ReadyForQuery said 'I' and no batch is
+// open: !unsynced()). A Rewriter destroyed while not idle() leaves the server in an unknown
+// state: close that server.
 class Rewriter {
  public:
   enum class Action : uint8_t {

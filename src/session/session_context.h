@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/clock.h"
+#include "net/buffer.h"
 #include "net/event_loop.h"
 #include "pool/pool_registry.h"
 #include "session/cancel_registry.h"
@@ -40,6 +41,7 @@ struct LoopClients {
   // This loop's copy of the current config snapshot, refreshed by the janitor, so the data path
   // reads settings without taking the registry's lock. Touched only on `loop`.
   std::shared_ptr<const config::Config> cfg;
+  net::BufferPool buffers;  // read buffers lent to this loop's clients while they have data
   // Closes of clients that never reached a pool (bad startup, unknown database, ...).
   std::array<stats::Counter, stats::kNumCloseReasons> disconnects;
   // When this loop last ran the janitor's periodic task (steady clock, ns since its epoch):
