@@ -658,13 +658,12 @@ void Rewriter::emitSynthesized(std::string& to_client) {
 }
 
 void Rewriter::flushOrphans(std::string& to_server) {
-  // Take the list first: push() may not touch it, but keep the loop independent of it anyway.
-  std::vector<uint64_t> orphans;
-  orphans.swap(server_.orphans_);
-  for (uint64_t seq : orphans) {
+  if (server_.orphans_.empty()) return;
+  for (uint64_t seq : server_.orphans_) {
     appendCloseStatement(to_server, seq);
     push(Kind::kHiddenClose, seq);
   }
+  server_.orphans_.clear();
 }
 
 void Rewriter::makeRoom(std::string& to_server) {

@@ -1306,18 +1306,33 @@ TEST_F(PreparedStatementsTest, CopyAndAsynchronousMessagesPassThrough) {
   EXPECT_EQ(rw.owedReadyForQuery(), 1);
   EXPECT_EQ(server(Ready('I')), A::kForward);
   EXPECT_TRUE(rw.idle());
-  // A Parse sluice injects: a notice and a ParameterStatus during it reach the client; its
-  // ParseComplete does not.
-  client(Parse("s1", "SELECT 1") + "");
-  ClientStatements other;
-  { Rewriter rw2(other, ss); }
-  EXPECT_EQ(server(message('N', "SNOTICE\0Mhello\0\0"s)), A::kForward);
-  EXPECT_EQ(server(message('S', "TimeZone\0UTC\0"s)), A::kForward);
-  EXPECT_EQ(server(ParseComplete()), A::kForward);  // the client's own Parse: its answer
+  EXPECT_EQ(client(Parse("s1", "SELECT 1")), A::kReplace);
+  EXPECT_EQ(client(Sync()), A::kForward);
+  EXPECT_EQ(server(ParseComplete()), A::kForward);
+  EXPECT_EQ(server(Ready('I')), A::kForward);
+  // On another server a Parse is injected: a notice and a ParameterStatus arriving meanwhile reach
+  // the client; its ParseComplete does not.
+  ServerStatements other;
+  Rewriter rw2(cs, other);
+  ts.clear();
+  tc.clear();
+  EXPECT_EQ(rw2.onClientMessage(Bind("", "s1"), ts, tc), A::kReplace);
+  EXPECT_STREAM(ts, Parse("sluice_s1", "SELECT 1") + Bind("", "sluice_s1"));
+  auto server2 = [&](const std::string& m) {
+    tc.clear();
+    return rw2.onServerMessage(m, tc);
+  };
+  EXPECT_EQ(server2(message('N', "SNOTICE\0Mhello\0\0"s)), A::kForward);
+  EXPECT_EQ(server2(message('S', "TimeZone\0UTC\0"s)), A::kForward);
+  EXPECT_EQ(server2(ParseComplete()), A::kReplace);
+  EXPECT_EQ(tc, "");
+  EXPECT_EQ(server2(BindComplete()), A::kForward);
   // A FATAL error passes unchanged whatever is pending.
-  EXPECT_EQ(client(Bind("", "s1")), A::kReplace);
+  ts.clear();
+  tc.clear();
+  EXPECT_EQ(rw2.onClientMessage(Execute(), ts, tc), A::kForward);
   std::string fatal = message('E', "SFATAL\0VFATAL\0C57P01\0Mterminating connection\0\0"s);
-  EXPECT_EQ(server(fatal), A::kForward);
+  EXPECT_EQ(server2(fatal), A::kForward);
 }
 
 // ---- random pipelines, compared with a direct connection ----
