@@ -73,7 +73,7 @@ AppUsage& AppUsage::operator+=(const AppUsage& o) {
 }
 
 const char* transactionState(const pool::ServerConn& s, const session::ClientSession& c) {
-  if (c.state() == session::ClientSession::State::kSyncing || s.owedReady() > 0) return "active";
+  if (c.state() == session::ClientSession::State::kSyncing || c.owed() > 0) return "active";
   switch (s.txStatus()) {
     case 'T':
       return "idle in transaction";

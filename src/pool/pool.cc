@@ -203,8 +203,10 @@ void Pool::resetAndRelease(std::shared_ptr<ServerConn> server) {
     return;
   }
   auto self = shared_from_this();
-  server->runInternal(sql, [self, server](Status st) {
+  bool forgets = protocol::deallocatesAll(sql);
+  server->runInternal(sql, [self, server, forgets](Status st) {
     if (st) {
+      if (forgets) server->statements().forgetAll();
       self->release(server);
     } else {
       server->close("server_reset_query failed: " + st.message());

@@ -1,6 +1,7 @@
 #include "pool/server_conn.h"
 
 #include <fmt/format.h>
+#include <cerrno>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -383,8 +384,13 @@ void ServerConn::processActive() {
       return;
     }
     char t = hdr->type;
-    bool whole = internal_ || t == 'Z' || t == 'S' || t == 'E';
+    // The prepared-statement rewriter sees every message, in order, once sluice's own query
+    // (if any) is done.
+    bool rw = !internal_ && listener_ && listener_->rewritesServerMessages();
+    bool whole = internal_ || t == 'Z' || t == 'S' || t == 'E' ||
+                 (rw && protocol::Rewriter::serverBodyNeeded(t));
     if (!whole) {
+      if (rw) listener_->onServerMessage(data.substr(pos, protocol::kHeaderSize), scratch_);
       size_t n = std::min(hdr->total(), data.size() - pos);
       passthrough_left_ = hdr->total() - n;
       pos += n;
@@ -434,6 +440,17 @@ void ServerConn::processActive() {
       fwd_start = pos;
       ready = true;
       break;
+    }
+    if (rw) {
+      scratch_.clear();
+      if (listener_->onServerMessage(data.substr(pos, hdr->total()), scratch_)) {
+        forward(pos);
+        if (!scratch_.empty()) listener_->onServerData(scratch_);
+        fwd_start = pos + hdr->total();
+      }
+      pos += hdr->total();
+      if (t == 'Z') ready = true;  // the listener knows whether anything is still owed
+      continue;
     }
     pos += hdr->total();
     if (t == 'Z' && owed_ready_ == 0 && !unsynced_) ready = true;
@@ -506,6 +523,13 @@ void ServerConn::fail(const std::string& why, const std::string& sqlstate) {
     listener_ = nullptr;
     l->onServerGone(e);
   }
+}
+
+bool ServerConn::looksAlive() const {
+  if (state_ == State::kClosed) return false;
+  char c;
+  ssize_t n = ::recv(const_cast<Socket&>(socket_).native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
 void ServerConn::close(const std::string& reason) {

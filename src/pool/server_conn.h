@@ -21,6 +21,7 @@
 #include "common/status.h"
 #include "net/buffer.h"
 #include "net/event_loop.h"
+#include "protocol/prepared_statements.h"
 #include "protocol/tracked_params.h"
 #include "protocol/wire.h"
 
@@ -46,6 +47,12 @@ class ServerListener {
   // False in statement mode: a ReadyForQuery that opens a transaction block is then withheld
   // from the client (onServerReady() refuses it instead).
   virtual bool allowsTransactionBlocks() const { return true; }
+  // True while the client's prepared statements are being virtualized: every server message
+  // then goes through onServerMessage() in order (whole, except the bodies of DataRow,
+  // CopyData and FunctionCallResponse), and onServerReady() follows every ReadyForQuery.
+  virtual bool rewritesServerMessages() const { return false; }
+  // Returns true if `to_client` replaces the message (possibly with nothing).
+  virtual bool onServerMessage(std::string_view msg, std::string& to_client) { return false; }
 };
 
 // What sluice needs to log in as a user.
@@ -97,6 +104,10 @@ class ServerConn : public std::enable_shared_from_this<ServerConn> {
   void attachToLoop(net::EventLoop* loop);
 
   void close(const std::string& reason);
+  // False if PostgreSQL already closed this connection or sent something while it was idle
+  // (a FATAL before going away) that the idle watch has not processed yet. One non-blocking
+  // peek; nothing is consumed.
+  bool looksAlive() const;
 
   uint64_t id() const { return id_; }
   State state() const { return state_; }
@@ -111,6 +122,8 @@ class ServerConn : public std::enable_shared_from_this<ServerConn> {
   // Current values of the tracked parameters, and a counter bumped whenever one changes.
   const protocol::TrackedValues& tracked() const { return tracked_; }
   uint64_t trackedVersion() const { return tracked_version_; }
+  // Prepared statements that exist on this PostgreSQL session (transaction pooling).
+  protocol::ServerStatements& statements() { return statements_; }
   const std::vector<std::pair<std::string, std::string>>& welcome() const { return welcome_; }
   uint32_t backendPid() const { return backend_pid_; }
   uint32_t backendKey() const { return backend_key_; }
@@ -146,6 +159,7 @@ class ServerConn : public std::enable_shared_from_this<ServerConn> {
   net::ByteBuffer in_;
   std::string out_;      // bytes waiting to be written
   std::string writing_;  // bytes of the write in flight
+  std::string scratch_;  // replacement messages from the listener's rewriter
   bool write_in_flight_ = false;
   bool read_in_flight_ = false;
   bool paused_ = false;
@@ -159,6 +173,7 @@ class ServerConn : public std::enable_shared_from_this<ServerConn> {
   std::function<void(Status)> internal_;
   std::string internal_error_;
 
+  protocol::ServerStatements statements_;
   protocol::TrackedValues tracked_;
   uint64_t tracked_version_ = 0;
   std::vector<std::pair<std::string, std::string>> welcome_;  // ParameterStatus at login

@@ -214,7 +214,7 @@ void ClientSession::closeQuietly(CloseReason reason, const std::string& detail) 
     wait_id_ = 0;
   }
   if (server_) {
-    if (server_->clean() && server_->pendingCancels == 0 && was == State::kActive) {
+    if (serverClean() && server_->pendingCancels == 0 && was == State::kActive) {
       if (mode_ == config::PoolMode::kSession) {
         // Session mode: reset the server's session state before another client gets it.
         pool_->resetAndRelease(std::move(server_));
@@ -522,17 +522,12 @@ void ClientSession::processClient() {
       pos = fwd_start = 0;
       continue;
     }
+    bool request = false;
     switch (t) {
       case 'Q':
       case 'F':
       case 'S':
-        server_->noteQueryForwarded();
-        if (t == 'S') server_->setUnsynced(false);
-        stats_->query_count.add();
-        if (server_->owedReady() == 1) {
-          request_started_ = now();
-          if (server_->txStatus() == 'I') xact_started_ = request_started_;
-        }
+        request = true;
         break;
       case 'P':
       case 'B':
@@ -540,8 +535,6 @@ void ClientSession::processClient() {
       case 'E':
       case 'C':
       case 'H':
-        server_->setUnsynced(true);
-        break;
       case 'd':
       case 'c':
       case 'f':
@@ -551,6 +544,39 @@ void ClientSession::processClient() {
         closeWithError(CloseReason::kProtocolViolation,
                        fmt::format("sluice: unknown message type '{}'", t));
         return;
+    }
+    if (rewriter_) {
+      // Prepared statements are virtualized: the rewriter sees the head of every message.
+      size_t need = protocol::Rewriter::clientBytesNeeded(t, hdr->length);
+      if (data.size() - pos < need) break;  // wait for the rest of it
+      rw_to_server_.clear();
+      rw_to_client_.clear();
+      auto action = rewriter_->onClientMessage(data.substr(pos, need), rw_to_server_, rw_to_client_);
+      if (!rw_to_client_.empty()) send(rw_to_client_);
+      if (action == protocol::Rewriter::Action::kWait) {
+        rewrite_waiting_ = true;  // offered again after the server's next message
+        break;
+      }
+      if (request) noteRequest();
+      if (action == protocol::Rewriter::Action::kReplace) {
+        forward(pos);
+        server_->send(rw_to_server_);
+        stats_->bytes_received.add(need);
+        pos += need;
+        fwd_start = pos;
+        passthrough_left_ = hdr->total() - need;
+        continue;
+      }
+    } else {
+      if (request) {
+        server_->noteQueryForwarded();
+        noteRequest();
+      }
+      if (t == 'S') {
+        server_->setUnsynced(false);
+      } else if (!request && t != 'd' && t != 'c' && t != 'f') {
+        server_->setUnsynced(true);
+      }
     }
     size_t n = std::min(hdr->total(), data.size() - pos);
     passthrough_left_ = hdr->total() - n;
@@ -562,6 +588,46 @@ void ClientSession::processClient() {
     releaseBufferIfDrained();
     startRead();
   }
+}
+
+void ClientSession::noteRequest() {
+  stats_->query_count.add();
+  if (owed() == 1) {
+    request_started_ = now();
+    if (server_->txStatus() == 'I') xact_started_ = request_started_;
+  }
+}
+
+int ClientSession::owed() const {
+  return rewriter_ ? rewriter_->owedReadyForQuery() : server_->owedReady();
+}
+
+bool ClientSession::serverClean() const {
+  if (!rewriter_) return server_->clean();
+  return rewriter_->idle() && !rewriter_->unsynced() && server_->txStatus() == 'I';
+}
+
+void ClientSession::startRelay() {
+  synced_version_ = server_->trackedVersion();
+  state_ = State::kActive;
+  int max_prepared = settings().max_prepared_statements;
+  if (mode_ != config::PoolMode::kSession && max_prepared > 0) {
+    server_->statements().setMaxPrepared(size_t(max_prepared));
+    rewriter_.emplace(statements_, server_->statements(), server_->txStatus());
+  }
+}
+
+bool ClientSession::onServerMessage(std::string_view msg, std::string& to_client) {
+  if (!rewriter_) return false;
+  bool replaced = rewriter_->onServerMessage(msg, to_client) == protocol::Rewriter::Action::kReplace;
+  if (rewrite_waiting_) {
+    rewrite_waiting_ = false;
+    auto self = shared_from_this();
+    loop_->post([self] {
+      if (self->state_ == State::kActive && self->server_) self->processClient();
+    });
+  }
+  return replaced;
 }
 
 bool ClientSession::needServer() {
@@ -615,6 +681,13 @@ void ClientSession::onServerAssigned(std::shared_ptr<pool::ServerConn> server) {
 }
 
 void ClientSession::attachServer(std::shared_ptr<pool::ServerConn> server) {
+  if (!server->looksAlive()) {
+    // PostgreSQL ended it while it sat in the pool (restart, pg_terminate_backend) and the idle
+    // watch has not seen it yet: nothing of this client's was sent, so take another.
+    server->close("found closed by the server when taken from the pool");
+    acquireServer();
+    return;
+  }
   server_ = std::move(server);
   server_since_ = now();
   double waited = std::chrono::duration<double>(server_since_ - wait_started_).count();
@@ -631,8 +704,7 @@ void ClientSession::attachServer(std::shared_ptr<pool::ServerConn> server) {
   }
   sql += syncSql();
   if (sql.empty()) {
-    synced_version_ = server_->trackedVersion();
-    state_ = State::kActive;
+    startRelay();
     return;
   }
   state_ = State::kSyncing;
@@ -653,8 +725,7 @@ void ClientSession::attachServer(std::shared_ptr<pool::ServerConn> server) {
           "sluice: could not apply client parameters on the server: " + st.message());
       return;
     }
-    self->synced_version_ = self->server_->trackedVersion();
-    self->state_ = State::kActive;
+    self->startRelay();
     self->processClient();
   });
 }
@@ -696,7 +767,7 @@ void ClientSession::onServerReady() {
                        pool_->name() + ")");
     return;
   }
-  if (mode_ == config::PoolMode::kSession || !server_->clean()) return;
+  if (mode_ == config::PoolMode::kSession || !serverClean()) return;
   if (passthrough_left_ > 0) return;  // part of the next message is already on its way
   releaseServer();
   state_ = State::kIdle;
@@ -708,6 +779,7 @@ void ClientSession::releaseServer() {
     release_when_cancelled_ = true;  // a cancel for this server is still in flight
     return;
   }
+  rewriter_.reset();
   stats_->hold_seconds.observe(secondsSince(server_since_));
   // Whatever the client changed with SET is its own from now on.
   if (server_->trackedVersion() != synced_version_) want_ = server_->tracked();
@@ -719,6 +791,7 @@ void ClientSession::releaseServer() {
 }
 
 void ClientSession::dropServer(const std::string& reason) {
+  rewriter_.reset();
   if (!server_) return;
   auto s = std::move(server_);
   s->detach();
@@ -726,6 +799,7 @@ void ClientSession::dropServer(const std::string& reason) {
 }
 
 void ClientSession::onServerGone(const ErrorInfo& error) {
+  rewriter_.reset();
   server_.reset();
   ErrorInfo e = error;
   e.severity = "FATAL";
@@ -773,7 +847,7 @@ void ClientSession::onCancelRequest() {
     sock->close(ec);
     if (--server->pendingCancels == 0 && self->release_when_cancelled_) {
       self->release_when_cancelled_ = false;
-      if (self->server_ == server && self->server_->clean()) {
+      if (self->server_ == server && self->serverClean()) {
         self->releaseServer();
         if (self->state_ == State::kActive) self->state_ = State::kIdle;
         self->processClient();
@@ -832,7 +906,7 @@ void ClientSession::janitor(TimePoint t, const config::Settings& s) {
       break;
     case State::kActive: {
       if (!server_) break;
-      if (server_->owedReady() > 0) {
+      if (owed() > 0) {
         if (over(request_started_, s.query_timeout)) {
           closeWithError(CloseReason::kQueryTimeout,
                          fmt::format("sluice: query_timeout ({} s) exceeded; the query "

@@ -11,6 +11,7 @@
 
 #include <asio.hpp>
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
 
@@ -20,6 +21,7 @@
 #include "net/event_loop.h"
 #include "pool/pool.h"
 #include "pool/server_conn.h"
+#include "protocol/prepared_statements.h"
 #include "protocol/tracked_params.h"
 #include "session/session_context.h"
 #include "stats/close_reason.h"
@@ -65,6 +67,8 @@ class ClientSession : public pool::PoolClient,
   void onServerGone(const protocol::ErrorInfo& error) override;
   bool wantsMore() const override;
   bool allowsTransactionBlocks() const override { return mode_ != config::PoolMode::kStatement; }
+  bool rewritesServerMessages() const override { return rewriter_.has_value(); }
+  bool onServerMessage(std::string_view msg, std::string& to_client) override;
 
   // For the admin console and logs.
   uint64_t id() const { return id_; }
@@ -81,6 +85,7 @@ class ClientSession : public pool::PoolClient,
   const pool::ServerConn* server() const { return server_.get(); }
   std::string prefix() const;  // "[C42 app/alice@10.0.0.5:51234]"
   uint32_t cancelPid() const { return cancel_pid_; }
+  int owed() const;  // ReadyForQuery the attached server still owes (server() must be set)
   bool closing() const { return close_after_write_ || state_ == State::kClosed; }
 
  private:
@@ -101,6 +106,9 @@ class ClientSession : public pool::PoolClient,
   void processAdmin();
   bool needServer();     // returns true if a server is attached and ready to relay
   void acquireServer();  // -> kWaiting, kSyncing or kActive
+  void startRelay();     // server synced: -> kActive, with a prepared-statement rewriter
+  void noteRequest();    // a Query, Sync or FunctionCall went to the server
+  bool serverClean() const;  // nothing owed, no batch open, transaction idle
   void attachServer(std::shared_ptr<pool::ServerConn> server);
   void releaseServer();
   void dropServer(const std::string& reason);  // close it: its state is unknown
@@ -140,6 +148,11 @@ class ClientSession : public pool::PoolClient,
   pool::PoolShard* stats_ = nullptr;  // this loop's statistics shard of pool_
   config::PoolMode mode_ = config::PoolMode::kSession;
   std::shared_ptr<pool::ServerConn> server_;
+  protocol::ClientStatements statements_;            // this client's named prepared statements
+  std::optional<protocol::Rewriter> rewriter_;       // while attached (transaction pooling)
+  bool rewrite_waiting_ = false;  // a message waits for the server's answer to an earlier one
+  std::string rw_to_server_;
+  std::string rw_to_client_;
   uint64_t wait_id_ = 0;
   bool release_when_cancelled_ = false;  // release deferred until pending cancels finish
   uint32_t cancel_pid_ = 0;

@@ -4,7 +4,7 @@
 // invalidating cached plans. Each test checks the exact bytes on both sides of the Rewriter and,
 // where PostgreSQL's behaviour is the reference, that the client sees exactly what a direct
 // connection (one FakePg session that keeps everything) would have shown it.
-#include "session/prepared_statements.h"
+#include "protocol/prepared_statements.h"
 
 #include <gtest/gtest.h>
 
@@ -21,7 +21,7 @@
 
 #include "protocol/wire.h"
 
-namespace sluice::session {
+namespace sluice::protocol {
 namespace {
 
 using namespace std::string_literals;
@@ -1540,4 +1540,4 @@ TEST_F(PreparedStatementsTest, RandomPipelinesBehaveLikeADirectConnection) {
 }
 
 }  // namespace
-}  // namespace sluice::session
+}  // namespace sluice::protocol

@@ -32,7 +32,7 @@
 #include <utility>
 #include <vector>
 
-namespace sluice::session {
+namespace sluice::protocol {
 
 // What a SQL command does to prepared statements.
 enum class SqlCommand : uint8_t {
@@ -367,4 +367,4 @@ class Rewriter {
   std::vector<std::pair<std::string, SqlCommand>> portal_commands_;
 };
 
-}  // namespace sluice::session
+}  // namespace sluice::protocol

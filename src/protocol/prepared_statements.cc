@@ -1,4 +1,4 @@
-#include "session/prepared_statements.h"
+#include "protocol/prepared_statements.h"
 
 #include <algorithm>
 #include <atomic>
@@ -7,7 +7,7 @@
 
 #include "protocol/wire.h"
 
-namespace sluice::session {
+namespace sluice::protocol {
 
 namespace {
 
@@ -1219,4 +1219,4 @@ void Rewriter::undo(Pending& p) {
   releaseUndo(p);
 }
 
-}  // namespace sluice::session
+}  // namespace sluice::protocol
