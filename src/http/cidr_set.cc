@@ -57,9 +57,13 @@ CidrSet CidrSet::parse(const std::vector<std::string>& entries, std::vector<std:
     if (slash != std::string::npos) {
       addr = entry.substr(0, slash);
       std::string len = entry.substr(slash + 1);
+      if (len.empty()) {
+        fail(entry, "expected a prefix length after '/'");
+        continue;
+      }
       char* end = nullptr;
-      long v = len.empty() ? -1 : std::strtol(len.c_str(), &end, 10);
-      if (len.empty() || *end != '\0' || v < 0) {
+      long v = std::strtol(len.c_str(), &end, 10);
+      if (end == nullptr || *end != '\0' || v < 0) {
         fail(entry, "expected a prefix length after '/'");
         continue;
       }

@@ -72,7 +72,7 @@ class ByteBuffer {
 // allocate per request. Owned by a loop; not thread-safe.
 class BufferPool {
  public:
-  static constexpr size_t kSize = 16 * 1024;
+  static constexpr size_t kSize = size_t{16} * 1024;
   std::unique_ptr<char[]> take() {
     if (free_.empty()) return std::make_unique_for_overwrite<char[]>(kSize);
     auto b = std::move(free_.back());

@@ -59,6 +59,9 @@ int App::run() {
   admin_ = std::make_unique<admin::AdminConsole>(&ctx_, this);
   ctx_.admin = admin_.get();
 
+  // Signals first: once the port accepts, a SIGHUP must reload, not kill the process (asio
+  // queues what arrives before control_ runs).
+  waitSignals();
   listen();
   if (!s.http_listen.empty()) {
     // Bound before the worker loops start, so that a bad address fails start-up cleanly.
@@ -73,7 +76,6 @@ int App::run() {
   started_at_ = now();
   SLOG_INFO("sluice {} started: {} worker threads, {} database entries", SLUICE_VERSION, workers,
             cfg_->databases.size());
-  waitSignals();
   scheduleJanitor();
   control_.run();
   if (http_) http_->stop();  // before the loops it reads from go away

@@ -40,7 +40,7 @@ enum class CloseReason : int {
 };
 
 inline constexpr size_t kNumCloseReasons = 0
-#define SLUICE_X(e, token, state) +1
+#define SLUICE_X(e, token, state) +1  // NOLINT(bugprone-macro-parentheses): a sum
     SLUICE_CLOSE_REASONS(SLUICE_X)
 #undef SLUICE_X
     ;
