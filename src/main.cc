@@ -6,7 +6,7 @@
 #include "config/config.h"
 #include "server/app.h"
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape): CLI11 parse errors exit
   CLI::App cli{"sluice: a PostgreSQL connection pooler that ends connection-pool exhaustion"};
   cli.set_version_flag("--version,-V", std::string("sluice ") + SLUICE_VERSION);
   cli.require_subcommand(1);

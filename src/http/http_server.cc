@@ -276,9 +276,10 @@ class HttpServer::Impl {
     if (colon == std::string::npos) throw bad();
     *host = listen.substr(0, colon);
     std::string digits = listen.substr(colon + 1);
+    if (digits.empty()) throw bad();
     char* end = nullptr;
-    long p = digits.empty() ? -1 : std::strtol(digits.c_str(), &end, 10);
-    if (digits.empty() || *end != '\0' || p < 1 || p > 65535) throw bad();
+    long p = std::strtol(digits.c_str(), &end, 10);
+    if (end == nullptr || *end != '\0' || p < 1 || p > 65535) throw bad();
     *port = int(p);
     if (host->size() >= 2 && host->front() == '[' && host->back() == ']') {
       *host = host->substr(1, host->size() - 2);

@@ -20,7 +20,7 @@
 namespace sluice::http {
 
 inline constexpr std::chrono::seconds kConnectionDeadline{5};
-inline constexpr size_t kMaxRequestBytes = 16 * 1024;
+inline constexpr size_t kMaxRequestBytes = size_t{16} * 1024;
 inline constexpr size_t kRequestThreads = 4;
 // How long /metrics waits for the worker loops' per-application answers.
 inline constexpr std::chrono::milliseconds kGatherTimeout{1000};

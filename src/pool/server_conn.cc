@@ -17,7 +17,7 @@ namespace sluice::pool {
 using protocol::ErrorInfo;
 
 namespace {
-constexpr size_t kReadChunk = 16 * 1024;
+constexpr size_t kReadChunk = size_t{16} * 1024;
 // Relayed data above this in the client's write buffer pauses reading from the server.
 }  // namespace
 
@@ -397,7 +397,7 @@ void ServerConn::processActive() {
       continue;
     }
     if (data.size() - pos < hdr->total()) {
-      if (hdr->total() > 64 * 1024 * 1024) {
+      if (hdr->total() > size_t{64} * 1024 * 1024) {
         fail("server sent an oversized message", sqlstate::kProtocolViolation);
         return;
       }

@@ -18,7 +18,7 @@ constexpr const char* kDuplicatePstatement = "42P05";
 constexpr const char* kInFailedTransaction = "25P02";
 
 // Messages up to this size are inspected whole; a Bind's two names are looked for in this prefix.
-constexpr size_t kMaxInspected = 64 * 1024;
+constexpr size_t kMaxInspected = size_t{64} * 1024;
 
 constexpr std::string_view kParseComplete("1\0\0\0\4", 5);
 constexpr std::string_view kCloseComplete("3\0\0\0\4", 5);

@@ -17,9 +17,9 @@ using stats::CloseReason;
 using ServerState = pool::ServerConn::State;
 
 namespace {
-constexpr size_t kReadChunk = 16 * 1024;
-constexpr size_t kHighWatermark = 512 * 1024;  // client write buffer that pauses the server
-constexpr size_t kLowWatermark = 64 * 1024;
+constexpr size_t kReadChunk = size_t{16} * 1024;
+constexpr size_t kHighWatermark = size_t{512} * 1024;  // client write buffer that pauses the server
+constexpr size_t kLowWatermark = size_t{64} * 1024;
 
 ErrorInfo makeError(const char* sqlstate, std::string message, const char* severity = "ERROR") {
   ErrorInfo e;
@@ -81,7 +81,8 @@ void ClientSession::startRead() {
       }
       self->in_.adopt(self->loopState().buffers.take(), net::BufferPool::kSize);
       asio::error_code rec;
-      size_t n = self->socket_.read_some(asio::buffer(self->in_.prepare(1), self->in_.writable()), rec);
+      size_t n =
+          self->socket_.read_some(asio::buffer(self->in_.prepare(1), self->in_.writable()), rec);
       if (rec == asio::error::would_block || rec == asio::error::try_again) {
         self->loopState().buffers.give(self->in_.release());
         self->read_in_flight_ = false;
@@ -551,7 +552,8 @@ void ClientSession::processClient() {
       if (data.size() - pos < need) break;  // wait for the rest of it
       rw_to_server_.clear();
       rw_to_client_.clear();
-      auto action = rewriter_->onClientMessage(data.substr(pos, need), rw_to_server_, rw_to_client_);
+      auto action =
+          rewriter_->onClientMessage(data.substr(pos, need), rw_to_server_, rw_to_client_);
       if (!rw_to_client_.empty()) send(rw_to_client_);
       if (action == protocol::Rewriter::Action::kWait) {
         rewrite_waiting_ = true;  // offered again after the server's next message
@@ -619,7 +621,8 @@ void ClientSession::startRelay() {
 
 bool ClientSession::onServerMessage(std::string_view msg, std::string& to_client) {
   if (!rewriter_) return false;
-  bool replaced = rewriter_->onServerMessage(msg, to_client) == protocol::Rewriter::Action::kReplace;
+  bool replaced =
+      rewriter_->onServerMessage(msg, to_client) == protocol::Rewriter::Action::kReplace;
   if (rewrite_waiting_) {
     rewrite_waiting_ = false;
     auto self = shared_from_this();
