@@ -1,11 +1,12 @@
 #include "pool/server_conn.h"
 
 #include <fmt/format.h>
-#include <cerrno>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include "common/log.h"
 #include "pool/pool.h"

@@ -4,11 +4,12 @@
 // fixed array, compared by index on every hand-over. Pure; thread-safe.
 #pragma once
 
+#include <strings.h>
+
 #include <array>
 #include <optional>
 #include <string>
 #include <string_view>
-#include <strings.h>
 
 namespace sluice::protocol {
 

@@ -11,8 +11,8 @@
 
 #include <asio.hpp>
 #include <map>
-#include <optional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "auth/client_auth.h"
@@ -104,10 +104,10 @@ class ClientSession : public pool::PoolClient,
   void sendWelcome();
   void processClient();  // relays the client's messages while logged in
   void processAdmin();
-  bool needServer();     // returns true if a server is attached and ready to relay
-  void acquireServer();  // -> kWaiting, kSyncing or kActive
-  void startRelay();     // server synced: -> kActive, with a prepared-statement rewriter
-  void noteRequest();    // a Query, Sync or FunctionCall went to the server
+  bool needServer();         // returns true if a server is attached and ready to relay
+  void acquireServer();      // -> kWaiting, kSyncing or kActive
+  void startRelay();         // server synced: -> kActive, with a prepared-statement rewriter
+  void noteRequest();        // a Query, Sync or FunctionCall went to the server
   bool serverClean() const;  // nothing owed, no batch open, transaction idle
   void attachServer(std::shared_ptr<pool::ServerConn> server);
   void releaseServer();
@@ -142,14 +142,14 @@ class ClientSession : public pool::PoolClient,
   std::string database_;
   protocol::TrackedValues want_;  // tracked parameters as this client should see them
   std::array<bool, protocol::kTrackedParams.size()> want_given_{};  // set at startup
-  uint64_t synced_version_ = 0;   // server_->trackedVersion() right after the sync
+  uint64_t synced_version_ = 0;  // server_->trackedVersion() right after the sync
   std::unique_ptr<auth::ClientAuth> auth_;
   std::shared_ptr<pool::Pool> pool_;
   pool::PoolShard* stats_ = nullptr;  // this loop's statistics shard of pool_
   config::PoolMode mode_ = config::PoolMode::kSession;
   std::shared_ptr<pool::ServerConn> server_;
-  protocol::ClientStatements statements_;            // this client's named prepared statements
-  std::optional<protocol::Rewriter> rewriter_;       // while attached (transaction pooling)
+  protocol::ClientStatements statements_;       // this client's named prepared statements
+  std::optional<protocol::Rewriter> rewriter_;  // while attached (transaction pooling)
   bool rewrite_waiting_ = false;  // a message waits for the server's answer to an earlier one
   std::string rw_to_server_;
   std::string rw_to_client_;
