@@ -14,14 +14,13 @@ int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape): CLI11 p
   auto* serve = cli.add_subcommand(
       "serve", "run the pooler in the foreground with CONFIG (pgbouncer.ini format)");
   serve->add_option("config", config_path, "path to the configuration file")->required();
-  bool check_only = false;
   auto* check =
       cli.add_subcommand("check-config", "load and validate CONFIG, print warnings, exit");
   check->add_option("config", config_path, "path to the configuration file")->required();
   CLI11_PARSE(cli, argc, argv);
 
   try {
-    if (check->parsed() || check_only) {
+    if (check->parsed()) {
       auto cfg = sluice::config::loadConfig(config_path);
       for (const auto& w : cfg->warnings) std::cerr << "warning: " << w << "\n";
       std::cout << "ok: " << cfg->path << ": " << cfg->databases.size() << " database entries\n";

@@ -289,7 +289,7 @@ void Pool::failWaiters(std::vector<std::shared_ptr<PoolClient>> clients, const E
   }
 }
 
-std::string Pool::saturationMessageLocked(TimePoint t) const {
+std::string Pool::saturationMessageLocked() const {
   int idle = idle_count_;
   int active = total_ - idle - login_;
   return fmt::format("{} of {} in use, {} logging in, {} waiting", active, settings_.pool_size,
@@ -328,7 +328,7 @@ void Pool::janitor(TimePoint t) {
         timeout_err.sqlstate = sqlstate::kQueryCanceled;
         timeout_err.message = fmt::format(
             "sluice: no server connection within query_wait_timeout ({} s) for pool {}: {}",
-            settings_.query_wait_timeout.count() / 1000.0, name(), saturationMessageLocked(t));
+            settings_.query_wait_timeout.count() / 1000.0, name(), saturationMessageLocked());
         if (!last_login_error_.empty() && login_failures_ > 0) {
           timeout_err.detail = "last server login error: " + last_login_error_;
         }

@@ -163,7 +163,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
   void onLoginDone(const std::shared_ptr<ServerConn>& server, Status st,
                    const std::string& sqlstate);
   void failWaiters(std::vector<std::shared_ptr<PoolClient>> clients, const protocol::ErrorInfo& e);
-  std::string saturationMessageLocked(TimePoint now) const;
+  std::string saturationMessageLocked() const;
 
   PoolRegistry* registry_;
   const std::string database_;

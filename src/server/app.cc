@@ -11,7 +11,6 @@
 
 #include "admin/admin_console.h"
 #include "common/log.h"
-#include "protocol/sqlstate.h"
 #include "session/client_session.h"
 
 namespace sluice::server {
@@ -89,11 +88,7 @@ int App::run() {
       std::vector<std::shared_ptr<session::ClientSession>> clients;
       for (auto* c : l->clients) clients.push_back(c->shared_from_this());
       for (auto& c : clients) {
-        protocol::ErrorInfo e;
-        e.severity = "FATAL";
-        e.sqlstate = sqlstate::kAdminShutdown;
-        e.message = "sluice is shutting down";
-        c->closeWithError(e, stats::CloseReason::kShutdown);
+        c->closeWithError(stats::CloseReason::kShutdown, "sluice is shutting down");
       }
     });
   }
@@ -357,11 +352,7 @@ void App::shutdownTick() {
           remaining->fetch_add(1);
           continue;
         }
-        protocol::ErrorInfo e;
-        e.severity = "FATAL";
-        e.sqlstate = sqlstate::kAdminShutdown;
-        e.message = "sluice is shutting down";
-        c->closeWithError(e, stats::CloseReason::kShutdown);
+        c->closeWithError(stats::CloseReason::kShutdown, "sluice is shutting down");
       }
       if (pending->fetch_sub(1) == 1 && remaining->load() == 0) {
         asio::post(control_, [this] {

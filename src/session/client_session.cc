@@ -814,7 +814,7 @@ void ClientSession::onAcquireFailed(const ErrorInfo& error) {
   if (closing() || (state_ != State::kWaiting && state_ != State::kWelcome)) return;
   wait_id_ = 0;
   ErrorInfo e = error;
-  if (state_ == State::kWelcome) e.severity = "FATAL";
+  e.severity = "FATAL";  // the connection closes after it, so the client must not retry on it
   closeWithError(e, CloseReason::kNoServer);
 }
 
