@@ -13,7 +13,10 @@ namespace sluice::net {
 
 class EventLoop {
  public:
-  explicit EventLoop(int index) : index_(index), ctx_(1), guard_(asio::make_work_guard(ctx_)) {}
+  // Sockets and timers of a loop are used only on its thread, so asio's per-descriptor locks are
+  // switched off (UNSAFE_IO); the scheduler stays locked because other threads post().
+  explicit EventLoop(int index)
+      : index_(index), ctx_(ASIO_CONCURRENCY_HINT_UNSAFE_IO), guard_(asio::make_work_guard(ctx_)) {}
   EventLoop(const EventLoop&) = delete;
   EventLoop& operator=(const EventLoop&) = delete;
 

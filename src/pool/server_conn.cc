@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 
 #include "common/log.h"
 #include "pool/pool.h"
@@ -116,28 +117,41 @@ void ServerConn::connect(const ServerLogin& login, std::function<void(Status, st
       });
 }
 
+// Writes go straight to the socket (net::Outbox); see ClientSession::send. A failure found while
+// another component's handler is on the stack is reported from a fresh handler.
 void ServerConn::send(std::string_view bytes) {
-  out_.append(bytes);
-  flushWrites();
+  if (state_ == State::kClosed) return;
+  if (write_in_flight_) {
+    outbox_.queue(bytes);
+    return;
+  }
+  afterWrite(outbox_.write(socket_.native_handle(), bytes));
 }
 
-void ServerConn::flushWrites() {
-  if (write_in_flight_ || out_.empty() || state_ == State::kClosed) return;
+void ServerConn::afterWrite(net::Outbox::Result r) {
+  if (r == net::Outbox::Result::kDone) return;
   write_in_flight_ = true;
-  writing_.swap(out_);
-  out_.clear();
   auto self = shared_from_this();
-  asio::async_write(socket_, asio::buffer(writing_), [self](const asio::error_code& ec, size_t) {
-    if (ec == asio::error::operation_aborted) return;  // see onRead
-    self->write_in_flight_ = false;
-    if (self->state_ == State::kClosed) return;
-    if (ec) {
-      self->fail("could not send data to server: " + ec.message(), sqlstate::kConnectionFailure);
-      return;
-    }
-    self->writing_.clear();
-    self->flushWrites();
-  });
+  if (r == net::Outbox::Result::kError) {
+    loop_->post([self] { self->onWritable({}); });
+    return;
+  }
+  socket_.async_wait(Socket::wait_write,
+                     [self](const asio::error_code& ec) { self->onWritable(ec); });
+}
+
+void ServerConn::onWritable(const asio::error_code& ec) {
+  if (ec == asio::error::operation_aborted) return;  // see onRead
+  write_in_flight_ = false;
+  if (state_ == State::kClosed) return;
+  auto r = ec ? net::Outbox::Result::kError : outbox_.flush(socket_.native_handle());
+  if (r == net::Outbox::Result::kError) {
+    fail("could not send data to server: " +
+             (ec ? ec.message() : std::string(std::strerror(outbox_.error()))),
+         sqlstate::kConnectionFailure);
+    return;
+  }
+  afterWrite(r);
 }
 
 void ServerConn::startRead() {
@@ -535,12 +549,11 @@ bool ServerConn::looksAlive() const {
 
 void ServerConn::close(const std::string& reason) {
   if (state_ == State::kClosed) return;
-  if ((state_ == State::kActive || state_ == State::kIdle) && !write_in_flight_) {
+  if ((state_ == State::kActive || state_ == State::kIdle) && !write_in_flight_ &&
+      outbox_.empty()) {
     std::string bye;
     protocol::appendTerminate(bye);
-    asio::error_code ec;
-    socket_.non_blocking(true, ec);
-    socket_.write_some(asio::buffer(bye), ec);  // best effort; never blocks the loop
+    ::send(socket_.native_handle(), bye.data(), bye.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
   }
   if (migrating_fd_ >= 0) {
     ::close(migrating_fd_);

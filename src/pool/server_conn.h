@@ -20,6 +20,7 @@
 #include "common/clock.h"
 #include "common/status.h"
 #include "net/buffer.h"
+#include "net/outbox.h"
 #include "net/event_loop.h"
 #include "protocol/prepared_statements.h"
 #include "protocol/tracked_params.h"
@@ -117,7 +118,7 @@ class ServerConn : public std::enable_shared_from_this<ServerConn> {
   char txStatus() const { return tx_status_; }
   int owedReady() const { return owed_ready_; }
   bool unsynced() const { return unsynced_; }
-  bool writeInFlight() const { return write_in_flight_; }
+  bool writeInFlight() const { return write_in_flight_ || !outbox_.empty(); }
   bool clean() const { return tx_status_ == 'I' && owed_ready_ == 0 && !unsynced_ && !internal_; }
   // Current values of the tracked parameters, and a counter bumped whenever one changes.
   const protocol::TrackedValues& tracked() const { return tracked_; }
@@ -141,7 +142,8 @@ class ServerConn : public std::enable_shared_from_this<ServerConn> {
   void processLogin();
   void processActive();
   bool handleLoginMessage(char type, std::string_view payload);  // false: stop
-  void flushWrites();
+  void afterWrite(net::Outbox::Result r);
+  void onWritable(const asio::error_code& ec);
   void fail(const std::string& why, const std::string& sqlstate = {});
   void finishLogin(Status st, const std::string& sqlstate);
 
@@ -157,10 +159,9 @@ class ServerConn : public std::enable_shared_from_this<ServerConn> {
   std::unique_ptr<ScramState> scram_;
 
   net::ByteBuffer in_;
-  std::string out_;      // bytes waiting to be written
-  std::string writing_;  // bytes of the write in flight
+  net::Outbox outbox_;   // what the socket did not take yet
   std::string scratch_;  // replacement messages from the listener's rewriter
-  bool write_in_flight_ = false;
+  bool write_in_flight_ = false;  // waiting for writability (or a write failed)
   bool read_in_flight_ = false;
   bool paused_ = false;
   size_t passthrough_left_ = 0;  // bytes of a relayed message not yet seen

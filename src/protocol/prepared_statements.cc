@@ -225,13 +225,19 @@ SqlInspection classify(const Token* t, int count) {
   return r;
 }
 
-// Cheap test before lexing: both commands start with "de" or "di".
-bool mayDeallocate(std::string_view sql) {
-  for (size_t i = 0; i + 1 < sql.size(); ++i) {
-    if ((sql[i] | 0x20) == 'd') {
-      char n = char(sql[i + 1] | 0x20);
-      if (n == 'e' || n == 'i') return true;
-    }
+// Cheap test before lexing: both commands start with "de" or "di". memchr finds the few
+// candidate letters without looking at every byte in a loop of our own (ordinary queries are
+// checked on every transaction).
+bool hasPair(std::string_view sql, char d) {
+  const char* p = sql.data();
+  const char* end = p + sql.size();
+  while (p + 1 < end) {
+    const void* hit = std::memchr(p, d, size_t(end - p - 1));
+    if (hit == nullptr) return false;
+    p = static_cast<const char*>(hit);
+    char n = char(p[1] | 0x20);
+    if (n == 'e' || n == 'i') return true;
+    ++p;
   }
   return false;
 }
@@ -303,6 +309,8 @@ void appendDuplicateError(std::string& out, std::string_view name) {
 }  // namespace
 
 // ---- SQL inspection ----
+
+bool mayDeallocate(std::string_view sql) { return hasPair(sql, 'd') || hasPair(sql, 'D'); }
 
 SqlInspection inspectSql(std::string_view sql) {
   SqlInspection result;

@@ -56,6 +56,8 @@ struct SqlInspection {
 // only as the whole query (DISCARD ALL cannot run in a multi-statement query anyway);
 // DEALLOCATE ALL also as one statement of several.
 SqlInspection inspectSql(std::string_view sql);
+// False when `sql` certainly holds no DEALLOCATE or DISCARD (a cheap scan before inspectSql).
+bool mayDeallocate(std::string_view sql);
 
 // True if running `sql` (e.g. server_reset_query) deallocates every statement on the server.
 bool deallocatesAll(std::string_view sql);

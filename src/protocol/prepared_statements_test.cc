@@ -541,6 +541,19 @@ TEST(InspectSql, IgnoresLookalikes) {
   EXPECT_EQ(multi.index, 2);  // two statements answer before it (the empty one does not)
 }
 
+// The memchr prefilter must find the command whatever the case and wherever the pair sits.
+TEST(InspectSql, PrefilterFindsEveryCaseAndPosition) {
+  EXPECT_EQ(inspectSql("dEALLOCATE ALL").command, SqlCommand::kDeallocateAll);
+  EXPECT_EQ(inspectSql("DiScArD aLl").command, SqlCommand::kDiscardAll);
+  EXPECT_EQ(inspectSql("SELECT 'd'; DEALLOCATE ALL").command, SqlCommand::kDeallocateAll);
+  EXPECT_EQ(inspectSql("select d, dd, D from t; Deallocate all").command,
+            SqlCommand::kDeallocateAll);
+  EXPECT_EQ(inspectSql("SELECT aid FROM pgbench_accounts WHERE aid = 1").command,
+            SqlCommand::kOther);
+  EXPECT_EQ(inspectSql("d").command, SqlCommand::kOther);
+  EXPECT_EQ(inspectSql("SELECT 1 AS d").command, SqlCommand::kOther);
+}
+
 TEST(InspectSql, DeallocatesAllForResetQueries) {
   EXPECT_TRUE(deallocatesAll("DISCARD ALL"));
   EXPECT_TRUE(deallocatesAll("RESET ALL; DEALLOCATE ALL;"));

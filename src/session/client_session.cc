@@ -1,5 +1,7 @@
 #include "session/client_session.h"
 
+#include <cstring>
+
 #include <fmt/format.h>
 #include <strings.h>
 
@@ -145,37 +147,68 @@ void ClientSession::onRead(const asio::error_code& ec, size_t n) {
   }
 }
 
+// Writes go straight to the socket (net::Outbox); only what the kernel does not take waits for
+// writability. Nothing here closes the session synchronously: send() runs inside other
+// components' event handlers (a server's read), so a failure is reported from a fresh handler.
 void ClientSession::send(std::string_view bytes) {
   if (state_ == State::kClosed) return;
-  out_.append(bytes);
-  flushWrites();
+  if (write_in_flight_) {
+    outbox_.queue(bytes);
+    return;
+  }
+  afterWrite(outbox_.write(socket_.native_handle(), bytes));
 }
 
 void ClientSession::flushWrites() {
   if (write_in_flight_ || state_ == State::kClosed) return;
-  if (out_.empty()) {
-    if (close_after_write_) closeQuietly(close_reason_);
-    return;
-  }
-  write_in_flight_ = true;
-  writing_.swap(out_);
-  out_.clear();
-  auto self = shared_from_this();
-  asio::async_write(socket_, asio::buffer(writing_), [self](const asio::error_code& ec, size_t) {
-    self->write_in_flight_ = false;
-    if (self->state_ == State::kClosed) return;
-    if (ec) {
-      self->closeQuietly(CloseReason::kClientIoError, "write: " + ec.message());
-      return;
-    }
-    self->writing_.clear();
-    if (self->writing_.capacity() > kHighWatermark) std::string().swap(self->writing_);
-    self->flushWrites();
-    if (self->server_ && self->out_.size() < kLowWatermark) self->server_->resumeReading();
-  });
+  afterWrite(outbox_.flush(socket_.native_handle()));
 }
 
-bool ClientSession::wantsMore() const { return out_.size() < kHighWatermark; }
+void ClientSession::afterWrite(net::Outbox::Result r) {
+  auto self = shared_from_this();
+  switch (r) {
+    case net::Outbox::Result::kDone:
+      if (close_after_write_) {
+        loop_->post([self] { self->closeQuietly(self->close_reason_); });
+      }
+      return;
+    case net::Outbox::Result::kBlocked:
+      write_in_flight_ = true;
+      socket_.async_wait(Socket::wait_write, [self](const asio::error_code& ec) {
+        self->onWritable(ec);
+      });
+      return;
+    case net::Outbox::Result::kError:
+      write_in_flight_ = true;  // nothing more is written
+      loop_->post([self] { self->onWritable({}); });
+      return;
+  }
+}
+
+void ClientSession::onWritable(const asio::error_code& ec) {
+  write_in_flight_ = false;
+  if (state_ == State::kClosed) return;
+  net::Outbox::Result r =
+      ec ? net::Outbox::Result::kError : outbox_.flush(socket_.native_handle());
+  switch (r) {
+    case net::Outbox::Result::kDone:
+      if (close_after_write_) {
+        closeQuietly(close_reason_);
+        return;
+      }
+      break;
+    case net::Outbox::Result::kBlocked:
+      afterWrite(r);
+      break;
+    case net::Outbox::Result::kError:
+      closeQuietly(CloseReason::kClientIoError,
+                   "write: " + (ec ? ec.message() : std::string(std::strerror(outbox_.error()))));
+      return;
+  }
+  if (server_ && outbox_.pending() < kLowWatermark) server_->resumeReading();
+}
+
+bool ClientSession::wantsMore() const { return outbox_.pending() < kHighWatermark; }
 
 void ClientSession::closeWithError(CloseReason reason, std::string message) {
   ErrorInfo e;
@@ -546,8 +579,32 @@ void ClientSession::processClient() {
                        fmt::format("sluice: unknown message type '{}'", t));
         return;
     }
+    if (!rewriter_ && rewrite_enabled_ && t != 'Q' && t != 'F' && t != 'd' && t != 'c' &&
+        t != 'f') {
+      // Prepared statements are virtualized, but only from the first message that can concern
+      // one: a transaction of plain simple queries never pays for the rewriter. It must start
+      // on a server that owes nothing, so earlier simple queries are answered first.
+      if (server_->owedReady() > 0) {
+        lazy_rewrite_waiting_ = true;  // offered again after the server's ReadyForQuery
+        break;
+      }
+      startRewriter();
+    }
+    if (!rewriter_ && rewrite_enabled_ && t == 'Q') {
+      // A simple query concerns prepared statements only as DEALLOCATE or DISCARD ALL.
+      size_t need = protocol::Rewriter::clientBytesNeeded(t, hdr->length);
+      if (data.size() - pos < need) break;  // wait for the rest of it
+      if (protocol::mayDeallocate(data.substr(pos + protocol::kHeaderSize,
+                                              need - protocol::kHeaderSize))) {
+        if (server_->owedReady() > 0) {
+          lazy_rewrite_waiting_ = true;
+          break;
+        }
+        startRewriter();
+      }
+    }
     if (rewriter_) {
-      // Prepared statements are virtualized: the rewriter sees the head of every message.
+      // The rewriter sees the head of every message.
       size_t need = protocol::Rewriter::clientBytesNeeded(t, hdr->length);
       if (data.size() - pos < need) break;  // wait for the rest of it
       rw_to_server_.clear();
@@ -612,11 +669,13 @@ bool ClientSession::serverClean() const {
 void ClientSession::startRelay() {
   synced_version_ = server_->trackedVersion();
   state_ = State::kActive;
-  int max_prepared = settings().max_prepared_statements;
-  if (mode_ != config::PoolMode::kSession && max_prepared > 0) {
-    server_->statements().setMaxPrepared(size_t(max_prepared));
-    rewriter_.emplace(statements_, server_->statements(), server_->txStatus());
-  }
+  rewrite_enabled_ =
+      mode_ != config::PoolMode::kSession && settings().max_prepared_statements > 0;
+}
+
+void ClientSession::startRewriter() {
+  server_->statements().setMaxPrepared(size_t(settings().max_prepared_statements));
+  rewriter_.emplace(statements_, server_->statements(), server_->txStatus());
 }
 
 bool ClientSession::onServerMessage(std::string_view msg, std::string& to_client) {
@@ -747,8 +806,7 @@ std::string ClientSession::syncSql() const {
 
 void ClientSession::onServerData(std::string_view bytes) {
   stats_->bytes_sent.add(bytes.size());
-  out_.append(bytes);
-  flushWrites();
+  send(bytes);
 }
 
 void ClientSession::onServerReady() {
@@ -770,10 +828,21 @@ void ClientSession::onServerReady() {
                        pool_->name() + ")");
     return;
   }
-  if (mode_ == config::PoolMode::kSession || !serverClean()) return;
-  if (passthrough_left_ > 0) return;  // part of the next message is already on its way
-  releaseServer();
-  state_ = State::kIdle;
+  // passthrough_left_: part of the next message is already on its way to this server.
+  if (mode_ != config::PoolMode::kSession && serverClean() && passthrough_left_ == 0) {
+    releaseServer();
+    state_ = State::kIdle;
+  }
+  if (lazy_rewrite_waiting_) {
+    // A message that needs the rewriter waited for this server to owe nothing.
+    lazy_rewrite_waiting_ = false;
+    auto self = shared_from_this();
+    loop_->post([self] {
+      if ((self->state_ == State::kActive && self->server_) || self->state_ == State::kIdle) {
+        self->processClient();
+      }
+    });
+  }
 }
 
 void ClientSession::releaseServer() {

@@ -19,6 +19,7 @@
 #include "common/clock.h"
 #include "net/buffer.h"
 #include "net/event_loop.h"
+#include "net/outbox.h"
 #include "pool/pool.h"
 #include "pool/server_conn.h"
 #include "protocol/prepared_statements.h"
@@ -95,6 +96,8 @@ class ClientSession : public pool::PoolClient,
   void onRead(const asio::error_code& ec, size_t n);
   void send(std::string_view bytes);
   void flushWrites();
+  void afterWrite(net::Outbox::Result r);
+  void onWritable(const asio::error_code& ec);
   void closeQuietly(stats::CloseReason reason, const std::string& detail = "");
 
   void processStartup();
@@ -106,7 +109,8 @@ class ClientSession : public pool::PoolClient,
   void processAdmin();
   bool needServer();         // returns true if a server is attached and ready to relay
   void acquireServer();      // -> kWaiting, kSyncing or kActive
-  void startRelay();         // server synced: -> kActive, with a prepared-statement rewriter
+  void startRelay();         // server synced: -> kActive
+  void startRewriter();      // virtualize prepared statements from the next message on
   void noteRequest();        // a Query, Sync or FunctionCall went to the server
   bool serverClean() const;  // nothing owed, no batch open, transaction idle
   void attachServer(std::shared_ptr<pool::ServerConn> server);
@@ -127,9 +131,8 @@ class ClientSession : public pool::PoolClient,
   bool log_connections_ = true;
 
   net::ByteBuffer in_;
-  std::string out_;
-  std::string writing_;
-  bool write_in_flight_ = false;
+  net::Outbox outbox_;           // what the client socket did not take yet
+  bool write_in_flight_ = false;  // waiting for writability (or a write failed)
   bool read_in_flight_ = false;
   bool close_after_write_ = false;
   stats::CloseReason close_reason_ = stats::CloseReason::kClientEof;
@@ -151,6 +154,9 @@ class ClientSession : public pool::PoolClient,
   protocol::ClientStatements statements_;       // this client's named prepared statements
   std::optional<protocol::Rewriter> rewriter_;  // while attached (transaction pooling)
   bool rewrite_waiting_ = false;  // a message waits for the server's answer to an earlier one
+  bool rewrite_enabled_ = false;  // transaction pooling with max_prepared_statements > 0
+  // A message that needs the rewriter waits for the server's answers to earlier simple queries.
+  bool lazy_rewrite_waiting_ = false;
   std::string rw_to_server_;
   std::string rw_to_client_;
   uint64_t wait_id_ = 0;
