@@ -107,7 +107,8 @@ class Pool : public std::enable_shared_from_this<Pool> {
   // Removes a waiting client; false if it was not waiting any more (a server is on its way).
   bool cancelWait(uint64_t wait_id);
   // Gives back a server with no transaction open, on the server's loop.
-  void release(std::shared_ptr<ServerConn> server);
+  // `t`: the caller's current time, when it has one (saves a clock read per transaction).
+  void release(std::shared_ptr<ServerConn> server, TimePoint t = now());
   // Runs server_reset_query first (session mode, or server_reset_query_always), then releases;
   // a server whose reset fails is closed.
   void resetAndRelease(std::shared_ptr<ServerConn> server);

@@ -343,17 +343,17 @@ void ServerConn::finishLogin(Status st, const std::string& sqlstate) {
   if (done) done(std::move(st), sqlstate);
 }
 
-void ServerConn::attach(ServerListener* listener) {
+void ServerConn::attach(ServerListener* listener, TimePoint t) {
   listener_ = listener;
   state_ = State::kActive;
   paused_ = false;
-  last_used_ = now();
+  last_used_ = t;
   startRead();
 }
 
-void ServerConn::detach() {
+void ServerConn::detach(TimePoint t) {
   listener_ = nullptr;
-  last_used_ = now();
+  last_used_ = t;
 }
 
 void ServerConn::resumeReading() {

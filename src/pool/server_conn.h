@@ -87,8 +87,8 @@ class ServerConn : public std::enable_shared_from_this<ServerConn> {
   void connect(const ServerLogin& login, std::function<void(Status, std::string sqlstate)> done);
 
   // Active use by a client.
-  void attach(ServerListener* listener);
-  void detach();
+  void attach(ServerListener* listener, TimePoint t = now());
+  void detach(TimePoint t = now());
   void send(std::string_view bytes);            // queue for writing, start the write if idle
   void noteQueryForwarded() { ++owed_ready_; }  // a Query, Sync or FunctionCall was sent
   void setUnsynced(bool v) { unsynced_ = v; }

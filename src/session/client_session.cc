@@ -699,11 +699,13 @@ bool ClientSession::needServer() {
 
 void ClientSession::acquireServer() {
   state_ = State::kWaiting;
-  wait_started_ = now();
+  // The client has needed a server since its bytes arrived (or since it first asked, when this
+  // is a retry): last_activity_ is that moment, and spares a clock read per transaction.
+  wait_started_ = last_activity_;
   auto r =
       pool_->acquire(shared_from_this(), applicationName().empty() ? user_ : applicationName());
   if (r.server) {
-    attachServer(std::move(r.server));
+    attachServer(std::move(r.server), wait_started_);
   } else {
     wait_id_ = r.wait_id;
   }
@@ -738,11 +740,11 @@ void ClientSession::onServerAssigned(std::shared_ptr<pool::ServerConn> server) {
     sendWelcome();
     return;
   }
-  attachServer(std::move(server));
+  attachServer(std::move(server), now());
   if (state_ == State::kActive) processClient();
 }
 
-void ClientSession::attachServer(std::shared_ptr<pool::ServerConn> server) {
+void ClientSession::attachServer(std::shared_ptr<pool::ServerConn> server, TimePoint t) {
   if (!server->looksAlive()) {
     // PostgreSQL ended it while it sat in the pool (restart, pg_terminate_backend) and the idle
     // watch has not seen it yet: nothing of this client's was sent, so take another.
@@ -751,16 +753,17 @@ void ClientSession::attachServer(std::shared_ptr<pool::ServerConn> server) {
     return;
   }
   server_ = std::move(server);
-  server_since_ = now();
+  server_since_ = t;
   double waited = std::chrono::duration<double>(server_since_ - wait_started_).count();
   stats_->wait_seconds.observe(waited);
   stats_->wait_time_us.add(uint64_t(waited * 1e6));
-  server_->attach(this);
   // A server unused for server_check_delay is checked first; its check and the parameter sync
   // go in one round trip.
-  std::string sql;
   const auto& s = settings();
-  if (!s.server_check_query.empty() && now() - server_->lastUsed() >= s.server_check_delay) {
+  bool check = !s.server_check_query.empty() && t - server_->lastUsed() >= s.server_check_delay;
+  server_->attach(this, t);
+  std::string sql;
+  if (check) {
     sql = s.server_check_query;
     if (sql.back() != ';') sql += ';';
   }
@@ -830,7 +833,7 @@ void ClientSession::onServerReady() {
   }
   // passthrough_left_: part of the next message is already on its way to this server.
   if (mode_ != config::PoolMode::kSession && serverClean() && passthrough_left_ == 0) {
-    releaseServer();
+    releaseServer(t);
     state_ = State::kIdle;
   }
   if (lazy_rewrite_waiting_) {
@@ -845,20 +848,20 @@ void ClientSession::onServerReady() {
   }
 }
 
-void ClientSession::releaseServer() {
+void ClientSession::releaseServer(TimePoint t) {
   if (!server_) return;
   if (server_->pendingCancels > 0) {
     release_when_cancelled_ = true;  // a cancel for this server is still in flight
     return;
   }
   rewriter_.reset();
-  stats_->hold_seconds.observe(secondsSince(server_since_));
+  stats_->hold_seconds.observe(std::chrono::duration<double>(t - server_since_).count());
   // Whatever the client changed with SET is its own from now on.
   if (server_->trackedVersion() != synced_version_) want_ = server_->tracked();
   if (settings().server_reset_query_always) {
     pool_->resetAndRelease(std::move(server_));
   } else {
-    pool_->release(std::move(server_));
+    pool_->release(std::move(server_), t);
   }
 }
 

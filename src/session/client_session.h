@@ -113,8 +113,8 @@ class ClientSession : public pool::PoolClient,
   void startRewriter();      // virtualize prepared statements from the next message on
   void noteRequest();        // a Query, Sync or FunctionCall went to the server
   bool serverClean() const;  // nothing owed, no batch open, transaction idle
-  void attachServer(std::shared_ptr<pool::ServerConn> server);
-  void releaseServer();
+  void attachServer(std::shared_ptr<pool::ServerConn> server, TimePoint t);  // t: now
+  void releaseServer(TimePoint t = now());
   void dropServer(const std::string& reason);  // close it: its state is unknown
   std::string syncSql() const;
   const config::Settings& settings() const;  // this loop's current snapshot
