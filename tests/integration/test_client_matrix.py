@@ -1,0 +1,116 @@
+"""The client matrix of issue 4: real client libraries, many concurrent workers sharing a smaller
+pool in transaction mode, named prepared statements, DEALLOCATE ALL and a DDL change mid-run.
+
+Every workload writes rows tagged with its worker's id and reads back exactly its own values (and
+its own running balance), so a statement run on the wrong server, a result from another client or
+a lost write fails the test, not only an error. After each run the test checks the tables on
+PostgreSQL directly, and that the pool really was smaller than the number of clients.
+
+The clients live in tests/clients/ (node: `npm ci` from scripts/setup; java: compiled here with
+javac against Debian's pgJDBC); SQLAlchemy and psycopg run in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import harness
+from harness import BackendSampler
+
+pytestmark = [pytest.mark.sluice_only("PgBouncer 1.18 has no prepared statement support in "
+                                      "transaction mode"),
+              pytest.mark.concurrency]
+
+POOL_SIZE = 3
+WORKERS = 12
+ITERATIONS = 36
+SETTINGS = {"pool_mode": "transaction", "default_pool_size": POOL_SIZE, "max_client_conn": 200,
+            "query_wait_timeout": 60}
+CLIENTS = harness.REPO / "tests" / "clients"
+NODE_DIR = CLIENTS / "node"
+JDBC_JAR = Path("/usr/share/java/postgresql.jar")
+
+
+def _require(ok: bool, what: str) -> None:
+    """Skips only when a runtime is truly missing; scripts/setup installs all of them."""
+    if not ok:
+        pytest.skip(f"{what} missing: run scripts/setup")
+
+
+@pytest.fixture
+def tables(pg, request):
+    """Fresh tables for one test: (rows table, balance table), both owned by sluice_md5."""
+    base = "mx_" + "".join(ch if ch.isalnum() else "_" for ch in request.node.name.lower())[:40]
+    t, acct = base, base + "_acct"
+    with pg.connect("appdb", user="sluice_md5") as c:
+        c.execute(f"DROP TABLE IF EXISTS {t}, {acct}")
+        c.execute(f"CREATE TABLE {t} (worker int, seq int, val text NOT NULL, "
+                  f"PRIMARY KEY (worker, seq))")
+        c.execute(f"CREATE TABLE {acct} (worker int PRIMARY KEY, balance bigint NOT NULL)")
+        c.execute(f"INSERT INTO {acct} SELECT g, 0 FROM generate_series(0, %s) g",
+                  (WORKERS - 1,))
+    yield t, acct
+    with pg.connect("appdb", user="sluice_md5") as c:
+        c.execute(f"DROP TABLE IF EXISTS {t}, {acct}")
+
+
+def check_tables(pg, tables, workers: int = WORKERS, iterations: int = ITERATIONS,
+                 ddl: bool = True) -> None:
+    """What PostgreSQL itself holds after a run: every row of every worker, every balance."""
+    t, acct = tables
+    with pg.connect("appdb") as c:
+        rows = c.execute(f"SELECT worker, seq, val FROM {t} ORDER BY worker, seq").fetchall()
+        assert rows == [(w, j, f"w{w}-{j}") for w in range(workers) for j in range(iterations)]
+        balances = c.execute(f"SELECT worker, balance FROM {acct} ORDER BY worker").fetchall()
+        assert balances == [(w, sum(range(iterations))) for w in range(workers)]
+        cols = [r[0] for r in c.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+            "AND NOT attisdropped ORDER BY attnum", (t,)).fetchall()]
+        assert cols == (["worker", "seq", "val", "note"] if ddl else ["worker", "seq", "val"])
+
+
+def workload_env(p, tables) -> dict:
+    t, acct = tables
+    return {**p.env(), "PGDATABASE": "appdb", "MX_TABLE": t, "MX_ACCT": acct,
+            "MX_WORKERS": str(WORKERS), "MX_ITERATIONS": str(ITERATIONS)}
+
+
+def run_json(cmd: list[str], env: dict, cwd: Path, timeout: float = 90) -> dict:
+    r = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    assert lines, f"exit {r.returncode}, no result line\nstdout:\n{r.stdout[-3000:]}\n" \
+                  f"stderr:\n{r.stderr[-3000:]}"
+    out = json.loads(lines[-1])
+    assert out["ok"] and r.returncode == 0, json.dumps(out, indent=1)[:6000] + r.stderr[-2000:]
+    return out["stats"]
+
+
+# -- Node.js ------------------------------------------------------------------------------------
+
+def node_ready() -> None:
+    _require(shutil.which("node") is not None, "node")
+    _require((NODE_DIR / "node_modules" / "pg").is_dir()
+             and (NODE_DIR / "node_modules" / "postgres").is_dir(),
+             "tests/clients/node/node_modules (npm ci)")
+
+
+@pytest.mark.parametrize("driver", ["pg", "postgres"])
+def test_node(poolers, pg, tables, driver):
+    """node-postgres with named queries; postgres.js with its default prepare: true."""
+    node_ready()
+    p = poolers(settings=SETTINGS)
+    with BackendSampler(pg, "sluice_md5") as sampler:
+        stats = run_json(["node", "workload.js", driver], workload_env(p, tables), NODE_DIR)
+    # Each worker got past its DEALLOCATE ALL: node-postgres saw its named statement gone, in its
+    # own words, as PostgreSQL says it; postgres.js prepared again on that 26000 by itself.
+    assert stats["deallocate_26000"] == WORKERS, stats
+    # Worker 0 itself reads the new column after its ALTER; others as they get there.
+    assert stats["after_ddl_reads"] >= ITERATIONS - ITERATIONS // 2, stats
+    check_tables(pg, tables)
+    assert 1 <= sampler.max <= POOL_SIZE, sampler.samples
