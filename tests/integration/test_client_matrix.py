@@ -114,3 +114,32 @@ def test_node(poolers, pg, tables, driver):
     assert stats["after_ddl_reads"] >= ITERATIONS - ITERATIONS // 2, stats
     check_tables(pg, tables)
     assert 1 <= sampler.max <= POOL_SIZE, sampler.samples
+
+
+# -- Java ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def java_classes(tmp_path_factory) -> Path:
+    """tests/clients/java compiled against Debian's pgJDBC into a temp dir."""
+    _require(shutil.which("javac") is not None and shutil.which("java") is not None, "a JDK")
+    _require(JDBC_JAR.exists(), f"{JDBC_JAR} (libpostgresql-jdbc-java)")
+    out = tmp_path_factory.mktemp("java")
+    r = subprocess.run(["javac", "-d", str(out), "-cp", str(JDBC_JAR),
+                        str(CLIENTS / "java" / "Workload.java")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_jdbc(poolers, pg, tables, java_classes):
+    """pgJDBC with prepareThreshold=1 (every statement named from its first run), transactions,
+    DatabaseMetaData, DEALLOCATE ALL (pgJDBC notices the tag) and an ALTER TABLE mid-run."""
+    p = poolers(settings=SETTINGS)
+    with BackendSampler(pg, "sluice_md5") as sampler:
+        stats = run_json(["java", "-Xss512k", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+                          "-cp", f"{JDBC_JAR}:{java_classes}", "Workload"],
+                         workload_env(p, tables), CLIENTS / "java")
+    assert stats["after_ddl_reads"] >= ITERATIONS - ITERATIONS // 2, stats
+    assert stats["metadata_calls"] >= 2 * WORKERS, stats
+    check_tables(pg, tables)
+    assert 1 <= sampler.max <= POOL_SIZE, sampler.samples
