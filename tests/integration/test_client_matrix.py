@@ -143,3 +143,145 @@ def test_jdbc(poolers, pg, tables, java_classes):
     assert stats["metadata_calls"] >= 2 * WORKERS, stats
     check_tables(pg, tables)
     assert 1 <= sampler.max <= POOL_SIZE, sampler.samples
+
+
+# -- SQLAlchemy ---------------------------------------------------------------------------------
+# Debian 12's SQLAlchemy is 1.4, which has no psycopg 3 dialect (postgresql+psycopg is 2.0): the
+# psycopg flavour is postgresql+psycopg2 (client-side parameters, no server-side statements);
+# psycopg 3 itself, with server-side statements, is test_psycopg3 below.
+
+def _sql(tables) -> dict:
+    t, acct = tables
+    return {
+        "ins": f"INSERT INTO {t} (worker, seq, val) VALUES (:w, :j, :v)",
+        "upd": f"UPDATE {acct} SET balance = balance + :j WHERE worker = :w",
+        "bal": f"SELECT balance FROM {acct} WHERE worker = :w",
+        "agg": f"SELECT count(*), coalesce(sum(seq), 0) FROM {t} WHERE worker = :w",
+        "one": f"SELECT val FROM {t} WHERE worker = :w AND seq = :j",
+        "note": f"SELECT note, val FROM {t} WHERE worker = :w AND seq = :j",
+        "all": f"SELECT seq, val FROM {t} WHERE worker = :w ORDER BY seq",
+        "ddl": f"ALTER TABLE {t} ADD COLUMN note text NOT NULL DEFAULT 'noted'",
+    }
+
+
+def _check_iteration(w: int, j: int, balance: int, agg, one) -> None:
+    assert tuple(agg) == (j + 1, j * (j + 1) // 2), (w, j, agg)
+    assert one == f"w{w}-{j}", (w, j, one)
+
+
+@pytest.mark.parametrize("poolclass", ["QueuePool", "NullPool"])
+def test_sqlalchemy_asyncpg(poolers, pg, tables, poolclass):
+    """SQLAlchemy's asyncpg dialect with asyncpg's and SQLAlchemy's default statement caches
+    (no statement_cache_size=0, which PgBouncer users need), concurrent asyncio tasks."""
+    import asyncio
+
+    from sqlalchemy import pool, text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    p = poolers(settings=SETTINGS)
+    kw = p.conn_kwargs()
+    q = {k: text(v) for k, v in _sql(tables).items()}
+    ddl_done = asyncio.Event()
+    counts = {"after_ddl": 0}
+
+    async def worker(engine, w):
+        balance = 0
+        for j in range(ITERATIONS):
+            async with engine.begin() as c:
+                await c.execute(q["ins"], {"w": w, "j": j, "v": f"w{w}-{j}"})
+                await c.execute(q["upd"], {"w": w, "j": j})
+                b = (await c.execute(q["bal"], {"w": w})).scalar_one()
+            balance += j
+            assert b == balance, (w, j, b, balance)
+            async with engine.connect() as c:
+                agg = (await c.execute(q["agg"], {"w": w})).one()
+                one = (await c.execute(q["one"], {"w": w, "j": j})).scalar_one()
+                _check_iteration(w, j, balance, agg, one)
+                if j == ITERATIONS // 3:
+                    # What an application does after DEALLOCATE ALL: tell the driver, whose cached
+                    # statements are gone (asyncpg then Closes the old names, a no-op).
+                    await c.exec_driver_sql("DEALLOCATE ALL")
+                    engine.sync_engine.dialect._invalidate_schema_cache()
+                    assert (await c.execute(q["agg"], {"w": w})).one()[0] == j + 1
+                if w == 0 and j == ITERATIONS // 2:
+                    await c.execute(q["ddl"])
+                    await c.commit()
+                    ddl_done.set()
+                if ddl_done.is_set():
+                    row = (await c.execute(q["note"], {"w": w, "j": j})).one()
+                    assert tuple(row) == ("noted", f"w{w}-{j}"), row
+                    counts["after_ddl"] += 1
+        async with engine.connect() as c:
+            rows = (await c.execute(q["all"], {"w": w})).all()
+        assert [tuple(r) for r in rows] == [(j, f"w{w}-{j}") for j in range(ITERATIONS)]
+
+    async def main():
+        url = (f"postgresql+asyncpg://{kw['user']}:{kw['password']}@127.0.0.1:{p.port}/appdb")
+        args = ({"poolclass": pool.NullPool} if poolclass == "NullPool"
+                else {"pool_size": 4, "max_overflow": 0, "pool_timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 10}, **args)
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(worker(engine, w) for w in range(WORKERS))), 60)
+        finally:
+            await engine.dispose()
+
+    with BackendSampler(pg, "sluice_md5") as sampler:
+        asyncio.run(main())
+    assert counts["after_ddl"] >= ITERATIONS - ITERATIONS // 2, counts
+    check_tables(pg, tables)
+    assert 1 <= sampler.max <= POOL_SIZE, sampler.samples
+
+
+@pytest.mark.parametrize("poolclass", ["QueuePool", "NullPool"])
+def test_sqlalchemy_psycopg2(poolers, pg, tables, poolclass):
+    """SQLAlchemy's psycopg2 dialect, QueuePool and NullPool, concurrent threads."""
+    import threading
+
+    from sqlalchemy import create_engine, pool, text
+
+    p = poolers(settings=SETTINGS)
+    kw = p.conn_kwargs()
+    q = {k: text(v) for k, v in _sql(tables).items()}
+    ddl_done = threading.Event()
+    url = f"postgresql+psycopg2://{kw['user']}:{kw['password']}@127.0.0.1:{p.port}/appdb"
+    args = ({"poolclass": pool.NullPool} if poolclass == "NullPool"
+            else {"pool_size": 4, "max_overflow": 0, "pool_timeout": 30})
+    engine = create_engine(url, future=True,
+                           connect_args={"connect_timeout": 10, "sslmode": "disable"},
+                           **args)
+
+    def worker(w):
+        balance = 0
+        for j in range(ITERATIONS):
+            with engine.begin() as c:
+                c.execute(q["ins"], {"w": w, "j": j, "v": f"w{w}-{j}"})
+                c.execute(q["upd"], {"w": w, "j": j})
+                b = c.execute(q["bal"], {"w": w}).scalar_one()
+            balance += j
+            assert b == balance, (w, j, b, balance)
+            with engine.connect() as c:
+                _check_iteration(w, j, balance, c.execute(q["agg"], {"w": w}).one(),
+                                 c.execute(q["one"], {"w": w, "j": j}).scalar_one())
+                if j == ITERATIONS // 3:
+                    c.exec_driver_sql("DEALLOCATE ALL")
+                if w == 0 and j == ITERATIONS // 2:
+                    c.execute(q["ddl"])
+                    c.commit()
+                    ddl_done.set()
+                if ddl_done.is_set():
+                    row = c.execute(q["note"], {"w": w, "j": j}).one()
+                    assert tuple(row) == ("noted", f"w{w}-{j}"), row
+        with engine.connect() as c:
+            rows = c.execute(q["all"], {"w": w}).all()
+        assert [tuple(r) for r in rows] == [(j, f"w{w}-{j}") for j in range(ITERATIONS)]
+        return True
+
+    try:
+        with BackendSampler(pg, "sluice_md5") as sampler:
+            results = harness.run_threads(worker, WORKERS, timeout=60)
+    finally:
+        engine.dispose()
+    assert results == [True] * WORKERS, harness.errors(results)[:3]
+    check_tables(pg, tables)
+    assert 1 <= sampler.max <= POOL_SIZE, sampler.samples
