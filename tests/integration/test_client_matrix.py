@@ -285,3 +285,77 @@ def test_sqlalchemy_psycopg2(poolers, pg, tables, poolclass):
     assert results == [True] * WORKERS, harness.errors(results)[:3]
     check_tables(pg, tables)
     assert 1 <= sampler.max <= POOL_SIZE, sampler.samples
+
+
+# -- psycopg 3 ----------------------------------------------------------------------------------
+
+def test_psycopg3(poolers, pg, tables):
+    """psycopg 3 with prepare_threshold=0 (every query a named statement) in pipeline mode, COPY
+    between prepared statements, DEALLOCATE ALL and DDL mid-run.
+    test_prepared.py covers plain prepared reads; test_psycopg_clients.py pipelines unprepared."""
+    import threading
+
+    import psycopg
+
+    t, acct = tables
+    p = poolers(settings=SETTINGS)
+    ddl_done = threading.Event()
+    copy_rows = 4
+
+    def worker(w):
+        balance = 0
+        with p.connect(prepare_threshold=0) as c:
+            for j in range(ITERATIONS):
+                with c.transaction(), c.pipeline():
+                    c.execute(f"INSERT INTO {t} (worker, seq, val) VALUES (%s, %s, %s)",
+                              (w, j, f"w{w}-{j}"))
+                    c.execute(f"UPDATE {acct} SET balance = balance + %s WHERE worker = %s", (j, w))
+                    bal = c.execute(f"SELECT balance FROM {acct} WHERE worker = %s", (w,))
+                    agg = c.execute(f"SELECT count(*), coalesce(sum(seq), 0) FROM {t} "
+                                    f"WHERE worker = %s", (w,))
+                    one = c.execute(f"SELECT val FROM {t} WHERE worker = %s AND seq = %s", (w, j))
+                balance += j
+                assert bal.fetchone()[0] == balance, (w, j)
+                _check_iteration(w, j, balance, agg.fetchone(), one.fetchone()[0])
+                if j % 9 == 4:
+                    # COPY out this worker's rows between prepared statements, on whatever
+                    # server this transaction gets.
+                    with c.cursor().copy(f"COPY (SELECT seq, val FROM {t} WHERE worker = {w} "
+                                         f"ORDER BY seq) TO STDOUT") as cp:
+                        got = [tuple(r) for r in cp.rows()]
+                    assert got == [(str(k), f"w{w}-{k}") for k in range(j + 1)], (w, j)
+                if j == ITERATIONS // 3:
+                    # psycopg 3.1 does not notice DEALLOCATE ALL (nor on a direct connection):
+                    # its next use of a statement must fail in its own words, then a DROP makes
+                    # psycopg forget its statements (its rule for DROP and ROLLBACK).
+                    c.execute("DEALLOCATE ALL", prepare=False)
+                    with pytest.raises(psycopg.errors.InvalidSqlStatementName) as gone:
+                        c.execute(f"SELECT val FROM {t} WHERE worker = %s AND seq = %s", (w, j))
+                    assert '"_pg3_' in str(gone.value) and "sluice" not in str(gone.value)
+                    c.execute("DROP TABLE IF EXISTS mx_no_such_table")
+                    assert c.execute(f"SELECT val FROM {t} WHERE worker = %s AND seq = %s",
+                                     (w, j)).fetchone()[0] == f"w{w}-{j}"
+                if w == 0 and j == ITERATIONS // 2:
+                    c.execute(f"ALTER TABLE {t} ADD COLUMN note text NOT NULL DEFAULT 'noted'")
+                    ddl_done.set()
+                if ddl_done.is_set():
+                    row = c.execute(f"SELECT note, val FROM {t} WHERE worker = %s AND seq = %s",
+                                    (w, j)).fetchone()
+                    assert row == ("noted", f"w{w}-{j}"), row
+            # COPY in (a side table of this worker's, in a transaction) then read it back
+            # through a prepared statement.
+            with c.transaction():
+                c.execute(f"CREATE TEMP TABLE extra_{w} (k int, v text) ON COMMIT DROP")
+                with c.cursor().copy(f"COPY extra_{w} (k, v) FROM STDIN") as cp:
+                    for k in range(copy_rows):
+                        cp.write_row((k, f"x{w}-{k}"))
+                got = c.execute(f"SELECT count(*), string_agg(v, ',' ORDER BY k) "
+                                f"FROM extra_{w} WHERE k >= %s", (0,)).fetchone()
+            assert got == (copy_rows, ",".join(f"x{w}-{k}" for k in range(copy_rows))), got
+        return True
+
+    with BackendSampler(pg, "sluice_md5") as sampler:
+        results = harness.run_threads(worker, WORKERS, timeout=60)
+    assert results == [True] * WORKERS, harness.errors(results)[:3]
+    check_tables(pg, tables)
+    assert 1 <= sampler.max <= POOL_SIZE, sampler.samples
