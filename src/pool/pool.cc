@@ -39,6 +39,11 @@ void Pool::applySettings(PoolSettings settings) {
   // More room may let waiters in now; the janitor launches the connects.
 }
 
+protocol::TrackedSet Pool::welcomeTracked() const {
+  std::lock_guard lock(mu_);
+  return welcome_tracked_;
+}
+
 std::vector<std::pair<std::string, std::string>> Pool::welcome() const {
   std::lock_guard lock(mu_);
   return welcome_;
@@ -247,7 +252,10 @@ void Pool::onLoginDone(const std::shared_ptr<ServerConn>& server, Status st,
       retry_at_ = {};
       if (!has_welcome_) {
         welcome_ = server->welcome();
+        welcome_tracked_ = server->tracked();
         has_welcome_ = true;
+      } else if (server->tracked() == welcome_tracked_) {
+        server->adoptTracked(welcome_tracked_);  // one shared set for the pool's usual values
       }
     } else {
       shard(server->loop()->index()).server_login_failures.add();

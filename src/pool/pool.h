@@ -130,6 +130,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
   LoginHealth loginHealth() const;
   // ParameterStatus set PostgreSQL sent at the first login, replayed to clients at their login.
   std::vector<std::pair<std::string, std::string>> welcome() const;
+  protocol::TrackedSet welcomeTracked() const;  // the tracked values among welcome()
   bool hasWelcome() const;
   void learnScramClientKey(const std::array<uint8_t, 32>& key);
   void clientJoined() { clients_.fetch_add(1, std::memory_order_relaxed); }
@@ -180,6 +181,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
   std::vector<std::vector<std::shared_ptr<ServerConn>>> idle_;  // per loop, MRU at back
   overload::WaitQueue<Waiter> waiters_;                         // GUARDED_BY(mu_)
   std::vector<std::pair<std::string, std::string>> welcome_;    // GUARDED_BY(mu_)
+  protocol::TrackedSet welcome_tracked_;                        // GUARDED_BY(mu_)
   bool has_welcome_ = false;                                    // GUARDED_BY(mu_)
   std::optional<std::array<uint8_t, 32>> scram_client_key_;     // GUARDED_BY(mu_)
   uint64_t generation_ = 0;       // bumped by closeIdle(); older servers close on release

@@ -157,10 +157,21 @@ void ServerConn::onWritable(const asio::error_code& ec) {
 void ServerConn::startRead() {
   if (read_in_flight_ || state_ == State::kClosed) return;
   read_in_flight_ = true;
-  char* p = in_.prepare(kReadChunk);
   auto self = shared_from_this();
-  socket_.async_read_some(asio::buffer(p, in_.writable()),
-                          [self](const asio::error_code& ec, size_t n) { self->onRead(ec, n); });
+  // Wait for readability, then recv(): an async read would first try a speculative recv() that
+  // fails with EAGAIN on every transaction (the answer is never there yet).
+  socket_.async_wait(Socket::wait_read, [self](const asio::error_code& ec) {
+    if (ec) return self->onRead(ec, 0);
+    char* p = self->in_.prepare(kReadChunk);
+    ssize_t n = ::recv(self->socket_.native_handle(), p, self->in_.writable(), MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+      self->read_in_flight_ = false;
+      return self->startRead();
+    }
+    if (n == 0) return self->onRead(asio::error::eof, 0);
+    if (n < 0) return self->onRead(asio::error_code(errno, asio::system_category()), 0);
+    self->onRead({}, size_t(n));
+  });
 }
 
 void ServerConn::onRead(const asio::error_code& ec, size_t n) {
@@ -306,7 +317,7 @@ bool ServerConn::handleLoginMessage(char type, std::string_view payload) {
       std::string name(r.cstring());
       std::string value(r.cstring());
       if (r.failed()) break;
-      if (auto i = protocol::trackedIndex(name)) tracked_[*i] = value;
+      if (auto i = protocol::trackedIndex(name)) tracked_.set(*i, value);
       welcome_.emplace_back(std::move(name), std::move(value));
       return true;
     }
@@ -424,10 +435,7 @@ void ServerConn::processActive() {
       std::string_view name = r.cstring();
       std::string_view value = r.cstring();
       auto i = protocol::trackedIndex(name);
-      if (!r.failed() && i && tracked_[*i] != value) {
-        tracked_[*i] = value;
-        ++tracked_version_;
-      }
+      if (!r.failed() && i && tracked_.set(*i, value)) ++tracked_version_;
     } else if (t == 'Z') {
       tx_status_ = payload.empty() ? 'I' : payload[0];
       if (owed_ready_ > 0) --owed_ready_;

@@ -121,7 +121,9 @@ class ServerConn : public std::enable_shared_from_this<ServerConn> {
   bool writeInFlight() const { return write_in_flight_ || !outbox_.empty(); }
   bool clean() const { return tx_status_ == 'I' && owed_ready_ == 0 && !unsynced_ && !internal_; }
   // Current values of the tracked parameters, and a counter bumped whenever one changes.
-  const protocol::TrackedValues& tracked() const { return tracked_; }
+  const protocol::TrackedSet& tracked() const { return tracked_; }
+  // Takes an equal set's storage, so that later comparisons with it are a pointer check.
+  void adoptTracked(const protocol::TrackedSet& equal) { tracked_ = equal; }
   uint64_t trackedVersion() const { return tracked_version_; }
   // Prepared statements that exist on this PostgreSQL session (transaction pooling).
   protocol::ServerStatements& statements() { return statements_; }
@@ -175,7 +177,7 @@ class ServerConn : public std::enable_shared_from_this<ServerConn> {
   std::string internal_error_;
 
   protocol::ServerStatements statements_;
-  protocol::TrackedValues tracked_;
+  protocol::TrackedSet tracked_;
   uint64_t tracked_version_ = 0;
   std::vector<std::pair<std::string, std::string>> welcome_;  // ParameterStatus at login
   uint32_t backend_pid_ = 0;

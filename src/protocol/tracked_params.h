@@ -7,6 +7,7 @@
 #include <strings.h>
 
 #include <array>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -19,6 +20,40 @@ inline constexpr std::array<const char*, 6> kTrackedParams = {
 inline constexpr size_t kApplicationNameParam = 5;
 
 using TrackedValues = std::array<std::string, kTrackedParams.size()>;
+
+// A client's or server's values of the tracked parameters, as a shared immutable array: copies
+// share one allocation (most clients and servers hold their pool's welcome values), so an idle
+// client carries a pointer rather than six strings, and the comparison made on every hand-over
+// is usually a pointer check. Never changed in place (a change makes a new array), so sets may
+// be shared across threads.
+class TrackedSet {
+ public:
+  const std::string& operator[](size_t i) const { return v_ ? (*v_)[i] : emptyValue(); }
+  static constexpr size_t size() { return kTrackedParams.size(); }
+  // Returns true if the value changed.
+  bool set(size_t i, std::string_view value) {
+    if ((*this)[i] == value) return false;
+    TrackedValues copy = v_ ? *v_ : TrackedValues{};
+    copy[i] = value;
+    v_ = std::make_shared<const TrackedValues>(std::move(copy));
+    return true;
+  }
+  bool sameObject(const TrackedSet& o) const { return v_ == o.v_; }
+  bool operator==(const TrackedSet& o) const {
+    if (v_ == o.v_) return true;
+    for (size_t i = 0; i < size(); ++i) {
+      if ((*this)[i] != o[i]) return false;
+    }
+    return true;
+  }
+
+ private:
+  static const std::string& emptyValue() {
+    static const std::string kEmpty;
+    return kEmpty;
+  }
+  std::shared_ptr<const TrackedValues> v_;
+};
 
 // Index of a tracked parameter, matched case-insensitively as PostgreSQL does.
 inline std::optional<size_t> trackedIndex(std::string_view name) {

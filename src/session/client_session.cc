@@ -338,7 +338,7 @@ bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
   for (const auto& [k, v] : m.params) {
     if (k == "user" || k == "database") continue;
     if (auto i = protocol::trackedIndex(k)) {
-      want_[*i] = v;
+      want_.set(*i, v);
       want_given_[*i] = true;
       continue;
     }
@@ -365,8 +365,8 @@ bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
                            ? peer_
                            : peer_.substr(0, colon) + "(" + peer_.substr(colon + 1) + ")";
     want_given_[protocol::kApplicationNameParam] = true;
-    auto& app = want_[protocol::kApplicationNameParam];
-    app = app.empty() ? host : app + " - " + host;
+    const std::string& app = want_[protocol::kApplicationNameParam];
+    want_.set(protocol::kApplicationNameParam, app.empty() ? host : app + " - " + host);
   }
   is_admin_ = database_ == "pgbouncer" || database_ == "sluice";
   log_connections_ = s.log_connections;
@@ -487,11 +487,16 @@ void ClientSession::finishLogin() {
 }
 
 void ClientSession::sendWelcome() {
+  // Tracked parameters the client did not set start at the server's value; a client that set
+  // none shares its pool's set.
+  protocol::TrackedSet mine = pool_->welcomeTracked();
+  for (size_t i = 0; i < mine.size(); ++i) {
+    if (want_given_[i]) mine.set(i, want_[i]);
+  }
+  want_ = std::move(mine);
   std::string out;
   for (auto& [k, v] : pool_->welcome()) {
     auto i = protocol::trackedIndex(k);
-    // Tracked parameters the client did not set start at the server's value.
-    if (i && !want_given_[*i]) want_[*i] = v;
     protocol::appendParameterStatus(out, k, i ? want_[*i] : v);
   }
   protocol::appendBackendKeyData(out, cancel_pid_, cancel_key_);
@@ -607,11 +612,14 @@ void ClientSession::processClient() {
       // The rewriter sees the head of every message.
       size_t need = protocol::Rewriter::clientBytesNeeded(t, hdr->length);
       if (data.size() - pos < need) break;  // wait for the rest of it
-      rw_to_server_.clear();
-      rw_to_client_.clear();
+      // Scratch buffers of the loop: nothing below re-enters another session's relay.
+      std::string& rw_to_server = loopState().rw_to_server;
+      std::string& rw_to_client = loopState().rw_to_client;
+      rw_to_server.clear();
+      rw_to_client.clear();
       auto action =
-          rewriter_->onClientMessage(data.substr(pos, need), rw_to_server_, rw_to_client_);
-      if (!rw_to_client_.empty()) send(rw_to_client_);
+          rewriter_->onClientMessage(data.substr(pos, need), rw_to_server, rw_to_client);
+      if (!rw_to_client.empty()) send(rw_to_client);
       if (action == protocol::Rewriter::Action::kWait) {
         rewrite_waiting_ = true;  // offered again after the server's next message
         break;
@@ -619,7 +627,7 @@ void ClientSession::processClient() {
       if (request) noteRequest();
       if (action == protocol::Rewriter::Action::kReplace) {
         forward(pos);
-        server_->send(rw_to_server_);
+        server_->send(rw_to_server);
         stats_->bytes_received.add(need);
         pos += need;
         fwd_start = pos;
@@ -675,7 +683,9 @@ void ClientSession::startRelay() {
 
 void ClientSession::startRewriter() {
   server_->statements().setMaxPrepared(size_t(settings().max_prepared_statements));
-  rewriter_.emplace(statements_, server_->statements(), server_->txStatus());
+  if (!statements_) statements_ = std::make_unique<protocol::ClientStatements>();
+  rewriter_ = std::make_unique<protocol::Rewriter>(*statements_, server_->statements(),
+                                                   server_->txStatus());
 }
 
 bool ClientSession::onServerMessage(std::string_view msg, std::string& to_client) {
@@ -795,9 +805,14 @@ void ClientSession::attachServer(std::shared_ptr<pool::ServerConn> server, TimeP
   });
 }
 
-std::string ClientSession::syncSql() const {
-  std::string sql;
+std::string ClientSession::syncSql() {
   const auto& have = server_->tracked();
+  if (have.sameObject(want_)) return {};
+  if (have == want_) {
+    server_->adoptTracked(want_);  // the next hand-over between these two is a pointer check
+    return {};
+  }
+  std::string sql;
   for (size_t i = 0; i < want_.size(); ++i) {
     if (have[i] == want_[i]) continue;
     std::string name = protocol::kTrackedParams[i];

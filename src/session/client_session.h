@@ -68,7 +68,7 @@ class ClientSession : public pool::PoolClient,
   void onServerGone(const protocol::ErrorInfo& error) override;
   bool wantsMore() const override;
   bool allowsTransactionBlocks() const override { return mode_ != config::PoolMode::kStatement; }
-  bool rewritesServerMessages() const override { return rewriter_.has_value(); }
+  bool rewritesServerMessages() const override { return rewriter_ != nullptr; }
   bool onServerMessage(std::string_view msg, std::string& to_client) override;
 
   // For the admin console and logs.
@@ -116,7 +116,7 @@ class ClientSession : public pool::PoolClient,
   void attachServer(std::shared_ptr<pool::ServerConn> server, TimePoint t);  // t: now
   void releaseServer(TimePoint t = now());
   void dropServer(const std::string& reason);  // close it: its state is unknown
-  std::string syncSql() const;
+  std::string syncSql();  // SETs that give the server this client's tracked values
   const config::Settings& settings() const;  // this loop's current snapshot
 
   SessionContext* ctx_;
@@ -143,7 +143,7 @@ class ClientSession : public pool::PoolClient,
 
   std::string user_;
   std::string database_;
-  protocol::TrackedValues want_;  // tracked parameters as this client should see them
+  protocol::TrackedSet want_;  // tracked parameters as this client should see them
   std::array<bool, protocol::kTrackedParams.size()> want_given_{};  // set at startup
   uint64_t synced_version_ = 0;  // server_->trackedVersion() right after the sync
   std::unique_ptr<auth::ClientAuth> auth_;
@@ -151,14 +151,15 @@ class ClientSession : public pool::PoolClient,
   pool::PoolShard* stats_ = nullptr;  // this loop's statistics shard of pool_
   config::PoolMode mode_ = config::PoolMode::kSession;
   std::shared_ptr<pool::ServerConn> server_;
-  protocol::ClientStatements statements_;       // this client's named prepared statements
-  std::optional<protocol::Rewriter> rewriter_;  // while attached (transaction pooling)
+  // This client's named prepared statements (created with its first rewriter).
+  std::unique_ptr<protocol::ClientStatements> statements_;
+  // While attached (transaction pooling), from the first message that concerns a prepared
+  // statement; on the heap so that idle clients do not carry it.
+  std::unique_ptr<protocol::Rewriter> rewriter_;
   bool rewrite_waiting_ = false;  // a message waits for the server's answer to an earlier one
   bool rewrite_enabled_ = false;  // transaction pooling with max_prepared_statements > 0
   // A message that needs the rewriter waits for the server's answers to earlier simple queries.
   bool lazy_rewrite_waiting_ = false;
-  std::string rw_to_server_;
-  std::string rw_to_client_;
   uint64_t wait_id_ = 0;
   bool release_when_cancelled_ = false;  // release deferred until pending cancels finish
   uint32_t cancel_pid_ = 0;

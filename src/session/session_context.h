@@ -42,6 +42,8 @@ struct LoopClients {
   // reads settings without taking the registry's lock. Touched only on `loop`.
   std::shared_ptr<const config::Config> cfg;
   net::BufferPool buffers;  // read buffers lent to this loop's clients while they have data
+  std::string rw_to_server;  // the prepared-statement rewriter's output, reused by every client
+  std::string rw_to_client;
   // Closes of clients that never reached a pool (bad startup, unknown database, ...).
   std::array<stats::Counter, stats::kNumCloseReasons> disconnects;
   // When this loop last ran the janitor's periodic task (steady clock, ns since its epoch):
