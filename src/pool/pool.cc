@@ -44,6 +44,15 @@ protocol::TrackedSet Pool::welcomeTracked() const {
   return welcome_tracked_;
 }
 
+protocol::TrackedSet Pool::internTracked(const protocol::TrackedSet& set) {
+  std::lock_guard lock(mu_);
+  for (const auto& known : interned_tracked_) {
+    if (known == set) return known;
+  }
+  if (interned_tracked_.size() < kMaxInternedTracked) interned_tracked_.push_back(set);
+  return set;
+}
+
 std::vector<std::pair<std::string, std::string>> Pool::welcome() const {
   std::lock_guard lock(mu_);
   return welcome_;

@@ -131,6 +131,9 @@ class Pool : public std::enable_shared_from_this<Pool> {
   // ParameterStatus set PostgreSQL sent at the first login, replayed to clients at their login.
   std::vector<std::pair<std::string, std::string>> welcome() const;
   protocol::TrackedSet welcomeTracked() const;  // the tracked values among welcome()
+  // An equal set seen before, shared (clients of one application mostly send the same values,
+  // and servers then hold that same set: hand-overs compare pointers). Login path only.
+  protocol::TrackedSet internTracked(const protocol::TrackedSet& set);
   bool hasWelcome() const;
   void learnScramClientKey(const std::array<uint8_t, 32>& key);
   void clientJoined() { clients_.fetch_add(1, std::memory_order_relaxed); }
@@ -182,6 +185,8 @@ class Pool : public std::enable_shared_from_this<Pool> {
   overload::WaitQueue<Waiter> waiters_;                         // GUARDED_BY(mu_)
   std::vector<std::pair<std::string, std::string>> welcome_;    // GUARDED_BY(mu_)
   protocol::TrackedSet welcome_tracked_;                        // GUARDED_BY(mu_)
+  static constexpr size_t kMaxInternedTracked = 64;
+  std::vector<protocol::TrackedSet> interned_tracked_;          // GUARDED_BY(mu_)
   bool has_welcome_ = false;                                    // GUARDED_BY(mu_)
   std::optional<std::array<uint8_t, 32>> scram_client_key_;     // GUARDED_BY(mu_)
   uint64_t generation_ = 0;       // bumped by closeIdle(); older servers close on release

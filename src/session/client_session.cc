@@ -490,10 +490,11 @@ void ClientSession::sendWelcome() {
   // Tracked parameters the client did not set start at the server's value; a client that set
   // none shares its pool's set.
   protocol::TrackedSet mine = pool_->welcomeTracked();
+  bool changed = false;
   for (size_t i = 0; i < mine.size(); ++i) {
-    if (want_given_[i]) mine.set(i, want_[i]);
+    if (want_given_[i]) changed |= mine.set(i, want_[i]);
   }
-  want_ = std::move(mine);
+  want_ = changed ? pool_->internTracked(mine) : std::move(mine);
   std::string out;
   for (auto& [k, v] : pool_->welcome()) {
     auto i = protocol::trackedIndex(k);
