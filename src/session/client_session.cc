@@ -354,6 +354,12 @@ bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
     std::string err;
     pool_ = ctx_->pools->get(database_, user_, &err);
     if (!pool_) return fatal(CloseReason::kUnknownDatabase, err);
+    if (pool_->disabled()) {
+      return fatal(CloseReason::kDatabaseDisabled,
+                   "sluice: database \"" + database_ +
+                       "\" is disabled (DISABLE on the admin console): it accepts no new "
+                       "connections until ENABLE");
+    }
     stats_ = &pool_->shard(loop_->index());
     mode_ = pool_->settings().mode;
     // A password given in [databases] also authenticates clients of that user.

@@ -18,6 +18,7 @@ namespace sluice::stats {
   X(kNotAllowed, "not_allowed", "28000")                                        \
   X(kAuthFailed, "auth_failed", "28P01")                                        \
   X(kUnknownDatabase, "unknown_database", "3D000")                              \
+  X(kDatabaseDisabled, "database_disabled", "55000") /* DISABLE db */           \
   X(kUnsupportedParameter, "unsupported_parameter", "0A000")                    \
   X(kMaxClientConn, "max_client_conn", "53300")                                 \
   X(kShuttingDown, "shutting_down", "57P03")                                    \

@@ -189,6 +189,32 @@ def test_readyz_503_while_shutting_down(poolers):
     p.wait_exit(15)
 
 
+def test_readyz_503_while_paused_or_disabled(poolers):
+    p = start(poolers)
+    with p.connect() as c:
+        c.execute("SELECT 1")
+        assert get_json(p.http_port, "/readyz")[0] == 200
+        p.admin("PAUSE")
+        status, body = get_json(p.http_port, "/readyz")
+        assert (status, body["status"], body.get("paused")) == (503, "unavailable", True), body
+        assert body["pools"][0]["paused"] is True, body
+        assert get_json(p.http_port, "/health")[0] == 200  # alive, just not ready
+        p.admin("RESUME")
+        status, body = get_json(p.http_port, "/readyz")
+        assert (status, body["status"]) == (200, "ok") and "paused" not in body, body
+        # One database paused or disabled: not ready either, and the pool says why.
+        p.admin("PAUSE appdb")
+        status, body = get_json(p.http_port, "/readyz")
+        assert status == 503 and body["pools"][0]["paused"] is True, body
+        p.admin("RESUME appdb")
+        p.admin("DISABLE appdb")
+        status, body = get_json(p.http_port, "/readyz")
+        assert status == 503 and body["pools"][0]["disabled"] is True, body
+        p.admin("ENABLE appdb")
+        assert get_json(p.http_port, "/readyz")[0] == 200
+        assert c.execute("SELECT 2").fetchone() == (2,)
+
+
 # ---- ops_allow --------------------------------------------------------------------------------
 
 def test_ops_allow_refuses_peers_outside_it(poolers):
