@@ -172,6 +172,8 @@ struct ClientInfo {
   TimePoint held_since;
   const char* tx_state = "";
   uint32_t backend_pid = 0;
+  TimePoint last_activity;      // the client's last bytes: how long it has sent nothing
+  std::string last_statement;   // its current or last Query/Parse text, first 200 bytes
 };
 
 // One server connection, copied out on its own loop.
@@ -250,6 +252,8 @@ LoopSnapshot snapshotLoop(session::SessionContext* ctx, session::LoopClients& lc
       ci.held_since = c->serverSince() != TimePoint{} ? c->serverSince() : ci.request;
       ci.tx_state = transactionState(*s, *c);
       ci.backend_pid = s->backendPid();
+      ci.last_activity = c->lastActivityAt();
+      ci.last_statement = c->lastStatement();
       ServerInfo si = describeServer(*s, "active");
       si.link = ci.ptr;
       si.request = ci.request;
@@ -436,10 +440,14 @@ std::string renderHolders(LoopSnapshot all) {
   std::vector<Row> rows;
   for (const ClientInfo* c : holders) {
     double held = std::chrono::duration<double>(clock.steady() - c->held_since).count();
+    double idle = std::chrono::duration<double>(clock.steady() - c->last_activity).count();
     rows.push_back({num(static_cast<long long>(c->id)), c->application_name, c->user, c->database,
                     c->peer, fmt::format("{:.3f}", std::max(0.0, held)), std::string(c->tx_state),
-                    num(c->backend_pid)});
+                    fmt::format("{:.3f}", std::max(0.0, idle)), num(c->backend_pid),
+                    c->last_statement});
   }
+  // state is pg_stat_activity's word: "idle in transaction" is a client holding its server while
+  // sending nothing (idle_seconds says for how long), "active" a query or batch under way.
   return table({{"client_id", kInt8},
                 {"application_name", kText},
                 {"user", kText},
@@ -447,7 +455,9 @@ std::string renderHolders(LoopSnapshot all) {
                 {"client_addr", kText},
                 {"held_seconds", kNumeric},
                 {"state", kText},
-                {"backend_pid", kInt4}},
+                {"idle_seconds", kNumeric},
+                {"backend_pid", kInt4},
+                {"last_statement", kText}},
                rows);
 }
 

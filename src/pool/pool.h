@@ -25,6 +25,7 @@
 #include "protocol/wire.h"
 #include "stats/close_reason.h"
 #include "stats/counter.h"
+#include "stats/sqlstate_counts.h"
 
 namespace sluice::pool {
 
@@ -92,6 +93,13 @@ struct PoolShard {
   stats::Histogram wait_seconds;  // acquire time, 0 when a server was free
   stats::Histogram hold_seconds;  // how long a client held a server (transaction mode: per tx)
   std::array<stats::Counter, stats::kNumCloseReasons> disconnects;
+  // Leases that passed hold_warn_threshold (the leak detector), by what the client was doing
+  // then: running a query, or idle inside a transaction. Written by the loop's janitor task.
+  stats::Counter hold_warnings_active;
+  stats::Counter hold_warnings_idle_in_transaction;
+  // ErrorResponses clients received: relayed from PostgreSQL, and sluice's own.
+  stats::SqlstateCounts server_errors;
+  stats::SqlstateCounts sluice_errors;
 };
 
 class Pool : public std::enable_shared_from_this<Pool> {
