@@ -172,8 +172,8 @@ struct ClientInfo {
   TimePoint held_since;
   const char* tx_state = "";
   uint32_t backend_pid = 0;
-  TimePoint last_activity;      // the client's last bytes: how long it has sent nothing
-  std::string last_statement;   // its current or last Query/Parse text, first 200 bytes
+  TimePoint last_activity;     // the client's last bytes: how long it has sent nothing
+  std::string last_statement;  // its current or last Query/Parse text, first 200 bytes
 };
 
 // One server connection, copied out on its own loop.
@@ -988,8 +988,9 @@ void AdminConsole::tick(TimePoint t) {
     }
   }
   for (auto& [p, failure] : finished) {
-    std::string out = failure.empty() ? complete(p.tag)
-                                       : errorReply(sqlstate::kObjectNotInPrerequisiteState, failure);
+    std::string out = failure.empty()
+                          ? complete(p.tag)
+                          : errorReply(sqlstate::kObjectNotInPrerequisiteState, failure);
     p.call.session->clientLoop()->post(
         [reply = p.call.reply, out = std::move(out)]() mutable { reply(std::move(out)); });
   }
@@ -1137,7 +1138,6 @@ void AdminConsole::killClient(Call& call) {
       });
 }
 
-
 // ---- PAUSE / RESUME / KILL / DISABLE / ENABLE / WAIT_CLOSE / SET ------------------------------
 
 namespace {
@@ -1203,8 +1203,9 @@ void AdminConsole::pause(Call& call) {
       [ctx, db] {
         bool still = db.empty() ? ctx->pools->pausedAll() : ctx->pools->databasePaused(db);
         return still ? std::string()
-                     : std::string("sluice: PAUSE ended by RESUME before every server was "
-                                   "released");
+                     : std::string(
+                           "sluice: PAUSE ended by RESUME before every server was "
+                           "released");
       });
 }
 
@@ -1258,8 +1259,7 @@ void AdminConsole::kill(Call& call) {
           protocol::ErrorInfo e;
           e.severity = "FATAL";
           e.sqlstate = sqlstate::kAdminShutdown;
-          e.message =
-              "sluice: terminating connection due to administrator command (" + what + ")";
+          e.message = "sluice: terminating connection due to administrator command (" + what + ")";
           c->closeWithError(e, stats::CloseReason::kAdminKill);  // closes its server too
         }
         return static_cast<int>(victims.size());
@@ -1352,9 +1352,12 @@ void AdminConsole::set(Call& call) {
   std::transform(lower.begin(), lower.end(), lower.begin(),
                  [](unsigned char c) { return std::tolower(c); });
   // Drivers set these on connect (JDBC: extra_float_digits); PgBouncer ignores them.
-  static const std::set<std::string> kIgnored = {
-      "client_encoding", "default_transaction_isolation", "standard_conforming_strings",
-      "datestyle",       "timezone",                      "extra_float_digits"};
+  static const std::set<std::string> kIgnored = {"client_encoding",
+                                                 "default_transaction_isolation",
+                                                 "standard_conforming_strings",
+                                                 "datestyle",
+                                                 "timezone",
+                                                 "extra_float_digits"};
   if (kIgnored.count(lower)) {
     std::string out;
     protocol::ErrorInfo n;
@@ -1370,12 +1373,11 @@ void AdminConsole::set(Call& call) {
   const auto& admins = cfg->settings.admin_users;
   if (std::find(admins.begin(), admins.end(), call.session->user()) == admins.end()) {
     throw AdminError(kInsufficientPrivilege, "sluice: SET needs admin access: \"" +
-                                                 call.session->user() +
-                                                 "\" is not in admin_users");
+                                                 call.session->user() + "\" is not in admin_users");
   }
   const auto& keys = configKeys();
-  auto it = std::find_if(keys.begin(), keys.end(),
-                         [&](const ConfigKey& k) { return lower == k.name; });
+  auto it =
+      std::find_if(keys.begin(), keys.end(), [&](const ConfigKey& k) { return lower == k.name; });
   if (it == keys.end()) {
     throw AdminError(sqlstate::kUndefinedObject, "sluice: SET failed: unknown key '" + key + "'");
   }
@@ -1389,8 +1391,9 @@ void AdminConsole::set(Call& call) {
   auto reply = call.reply;
   control_->setConfigAsync(lower, value, [home, reply](std::string error) {
     home->post([reply, error = std::move(error)] {
-      reply(error.empty() ? complete("SET")
-                          : errorReply(sqlstate::kInvalidParameterValue, "sluice: SET failed: " + error));
+      reply(error.empty()
+                ? complete("SET")
+                : errorReply(sqlstate::kInvalidParameterValue, "sluice: SET failed: " + error));
     });
   });
 }

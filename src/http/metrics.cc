@@ -231,9 +231,9 @@ std::string renderMetrics(const session::SessionContext& ctx, const admin::Usage
            "Server holds that passed hold_warn_threshold (the leak detector), by what the client "
            "was doing: running a query (active) or idle in transaction");
   for (const auto& s : pools) {
-    for (auto [state, n] : {std::pair{"active", s.totals.hold_warnings_active},
-                            std::pair{"idle_in_transaction",
-                                      s.totals.hold_warnings_idle_in_transaction}}) {
+    for (auto [state, n] :
+         {std::pair{"active", s.totals.hold_warnings_active},
+          std::pair{"idle_in_transaction", s.totals.hold_warnings_idle_in_transaction}}) {
       Labels l = s.labels;
       l.emplace_back("state", state);
       e.sample("sluice_pool_hold_warnings_total", l, n);

@@ -16,10 +16,10 @@
 
 namespace sluice::http {
 
-// What every loop's clients hold, per application_name and per pool; nullopt if some loop did not answer
-// within `timeout` (it is stalled: /health says which).
+// What every loop's clients hold, per application_name and per pool; nullopt if some loop did not
+// answer within `timeout` (it is stalled: /health says which).
 std::optional<admin::Usage> gatherUsage(session::SessionContext* ctx,
-                                                 std::chrono::milliseconds timeout);
+                                        std::chrono::milliseconds timeout);
 
 // The whole exposition. `usage` null: the families gathered from the loops are left out.
 std::string renderMetrics(const session::SessionContext& ctx, const admin::Usage* usage);

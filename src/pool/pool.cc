@@ -176,11 +176,10 @@ void Pool::release(std::shared_ptr<ServerConn> server) {
   bool too_old = settings_.server_lifetime.count() > 0 &&
                  now() - server->createdAt() >= settings_.server_lifetime;
   bool stale = server->generation < generation_;
-  if (too_old || stale || paused_ ||
-      total_ > settings_.pool_size + settings_.reserve_pool_size) {
+  if (too_old || stale || paused_ || total_ > settings_.pool_size + settings_.reserve_pool_size) {
     lock.unlock();
-    server->close(too_old  ? "server_lifetime reached"
-                  : stale  ? "pool reconfigured"
+    server->close(too_old   ? "server_lifetime reached"
+                  : stale   ? "pool reconfigured"
                   : paused_ ? "pool paused"
                             : "pool shrank");
     return;

@@ -199,9 +199,9 @@ class Pool : public std::enable_shared_from_this<Pool> {
   std::vector<std::pair<std::string, std::string>> welcome_;    // GUARDED_BY(mu_)
   bool has_welcome_ = false;                                    // GUARDED_BY(mu_)
   std::optional<std::array<uint8_t, 32>> scram_client_key_;     // GUARDED_BY(mu_)
-  uint64_t generation_ = 0;       // bumped by closeIdle(); older servers close on release
-  int current_generation_ = 0;    // servers of generation_ (GUARDED_BY(mu_)); the rest are stale
-  bool paused_ = false;           // GUARDED_BY(mu_)
+  uint64_t generation_ = 0;     // bumped by closeIdle(); older servers close on release
+  int current_generation_ = 0;  // servers of generation_ (GUARDED_BY(mu_)); the rest are stale
+  bool paused_ = false;         // GUARDED_BY(mu_)
   std::atomic<bool> disabled_{false};
   std::string last_login_error_;  // GUARDED_BY(mu_)
   std::string last_login_sqlstate_;

@@ -289,18 +289,18 @@ void App::reloadConfigAsync(std::function<void(std::string)> done) {
 
 void App::setConfigAsync(std::string key, std::string value,
                          std::function<void(std::string)> done) {
-  asio::post(control_, [this, key = std::move(key), value = std::move(value),
-                        done = std::move(done)] {
-    try {
-      auto cfg = config::withSetting(*cfg_, key, value);
-      cfg_ = cfg;
-      pools_->setConfig(cfg, pools_->userList());
-      SLOG_INFO("SET {} = '{}': applied (until the next reload reads the file)", key, value);
-      done("");
-    } catch (const std::exception& e) {
-      done(e.what());
-    }
-  });
+  asio::post(
+      control_, [this, key = std::move(key), value = std::move(value), done = std::move(done)] {
+        try {
+          auto cfg = config::withSetting(*cfg_, key, value);
+          cfg_ = cfg;
+          pools_->setConfig(cfg, pools_->userList());
+          SLOG_INFO("SET {} = '{}': applied (until the next reload reads the file)", key, value);
+          done("");
+        } catch (const std::exception& e) {
+          done(e.what());
+        }
+      });
 }
 
 void App::requestReload() {

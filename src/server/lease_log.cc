@@ -53,10 +53,11 @@ void checkLeases(session::LoopClients& lc, TimePoint t, const config::Settings& 
     bool gone = std::none_of(lc.clients.begin(), lc.clients.end(), [&](auto* c) {
       return c->id() == end.lease.client_id && !c->closing();
     });
-    SLOG_INFO("{} {} its server after holding it about {:.1f} s (it was reported past "
-              "hold_warn_threshold)",
-              end.who, gone ? "disconnected and released" : "gave back", secondsBetween(
-                  end.lease.since, t));
+    SLOG_INFO(
+        "{} {} its server after holding it about {:.1f} s (it was reported past "
+        "hold_warn_threshold)",
+        end.who, gone ? "disconnected and released" : "gave back",
+        secondsBetween(end.lease.since, t));
   }
 }
 
