@@ -172,6 +172,8 @@ struct ClientInfo {
   TimePoint held_since;
   const char* tx_state = "";
   uint32_t backend_pid = 0;
+  TimePoint last_activity;     // the client's last bytes: how long it has sent nothing
+  std::string last_statement;  // its current or last Query/Parse text, first 200 bytes
 };
 
 // One server connection, copied out on its own loop.
@@ -250,6 +252,8 @@ LoopSnapshot snapshotLoop(session::SessionContext* ctx, session::LoopClients& lc
       ci.held_since = c->serverSince() != TimePoint{} ? c->serverSince() : ci.request;
       ci.tx_state = transactionState(*s, *c);
       ci.backend_pid = s->backendPid();
+      ci.last_activity = c->lastActivityAt();
+      ci.last_statement = c->lastStatement();
       ServerInfo si = describeServer(*s, "active");
       si.link = ci.ptr;
       si.request = ci.request;
@@ -436,10 +440,14 @@ std::string renderHolders(LoopSnapshot all) {
   std::vector<Row> rows;
   for (const ClientInfo* c : holders) {
     double held = std::chrono::duration<double>(clock.steady() - c->held_since).count();
+    double idle = std::chrono::duration<double>(clock.steady() - c->last_activity).count();
     rows.push_back({num(static_cast<long long>(c->id)), c->application_name, c->user, c->database,
                     c->peer, fmt::format("{:.3f}", std::max(0.0, held)), std::string(c->tx_state),
-                    num(c->backend_pid)});
+                    fmt::format("{:.3f}", std::max(0.0, idle)), num(c->backend_pid),
+                    c->last_statement});
   }
+  // state is pg_stat_activity's word: "idle in transaction" is a client holding its server while
+  // sending nothing (idle_seconds says for how long), "active" a query or batch under way.
   return table({{"client_id", kInt8},
                 {"application_name", kText},
                 {"user", kText},
@@ -447,7 +455,9 @@ std::string renderHolders(LoopSnapshot all) {
                 {"client_addr", kText},
                 {"held_seconds", kNumeric},
                 {"state", kText},
-                {"backend_pid", kInt4}},
+                {"idle_seconds", kNumeric},
+                {"backend_pid", kInt4},
+                {"last_statement", kText}},
                rows);
 }
 
@@ -518,8 +528,8 @@ std::vector<Row> databaseRows(session::SessionContext* ctx) {
                   db.pool_mode ? Value(config::poolModeName(*db.pool_mode)) : Value(),
                   num(db.max_db_connections.value_or(s.max_db_connections)),
                   num(servers[name]),
-                  num(0),
-                  num(0)};
+                  num(ctx->pools->databasePaused(name) ? 1 : 0),
+                  num(ctx->pools->databaseDisabled(name) ? 1 : 0)};
   };
   for (const auto& db : cfg->databases) {
     if (db.name != "*") add(db.name, db);
@@ -798,6 +808,19 @@ AdminConsole::AdminConsole(session::SessionContext* ctx, ControlPlane* control)
   addNow("RECONNECT", Arg::kOptional, true,
          [this](const Call& call) { return reconnect(call.arg); });
   commands_["RECONNECT"].usage = "RECONNECT [<db>]";
+  add("PAUSE", Arg::kOptional, true, "PAUSE [<db>]", [this](Call& call) { pause(call); });
+  addNow("RESUME", Arg::kOptional, true, [this](const Call& call) { return resume(call.arg); });
+  commands_["RESUME"].usage = "RESUME [<db>]";
+  add("KILL", Arg::kOptional, true, "KILL [<db>]", [this](Call& call) { kill(call); });
+  addNow("DISABLE", Arg::kRequired, true,
+         [this](const Call& call) { return enable(call.arg, false); });
+  commands_["DISABLE"].usage = "DISABLE <db>";
+  addNow("ENABLE", Arg::kRequired, true,
+         [this](const Call& call) { return enable(call.arg, true); });
+  commands_["ENABLE"].usage = "ENABLE <db>";
+  add("WAIT_CLOSE", Arg::kOptional, true, "WAIT_CLOSE [<db>]",
+      [this](Call& call) { waitClose(call); });
+  add("SET", Arg::kRequired, false, "SET key = arg", [this](Call& call) { set(call); });
   add("KILL_CLIENT", Arg::kRequired, true, "KILL_CLIENT <id>",
       [this](Call& call) { killClient(call); });
   addNow("SHUTDOWN", Arg::kNone, true, [this](const Call& call) {
@@ -840,7 +863,7 @@ void AdminConsole::execute(const std::shared_ptr<session::ClientSession>& sessio
                        "sluice: unknown admin command: " + text + " (try SHOW HELP)");
     }
     const Command& cmd = it->second;
-    call.arg = unquote(rest);
+    call.arg = words == "SET" ? rest : unquote(rest);
     if (cmd.arg == Arg::kNone && !call.arg.empty()) {
       throw AdminError(sqlstate::kSyntaxError, "sluice: " + words + " takes no argument");
     }
@@ -926,7 +949,7 @@ std::string AdminConsole::showConfig() const {
 }
 
 std::string AdminConsole::showState() const {
-  bool paused = ctx_->paused.load();
+  bool paused = ctx_->pools->pausedAll();
   auto yes = [](bool b) { return Value(b ? "yes" : "no"); };
   return table({{"key", kText}, {"value", kText}}, {{std::string("active"), yes(!paused)},
                                                     {std::string("paused"), yes(paused)},
@@ -934,16 +957,8 @@ std::string AdminConsole::showState() const {
 }
 
 std::string AdminConsole::reconnect(const std::string& database) const {
+  if (!database.empty()) requireDatabase(database, "reconnect");
   auto pools = ctx_->pools->all();
-  if (!database.empty()) {
-    auto cfg = ctx_->pools->config();
-    bool known = std::any_of(cfg->databases.begin(), cfg->databases.end(),
-                             [&](const auto& db) { return db.name == database; }) ||
-                 std::any_of(pools.begin(), pools.end(),
-                             [&](const auto& p) { return p->database() == database; });
-    if (!known)
-      throw AdminError(sqlstate::kInvalidCatalogName, "sluice: no such database: " + database);
-  }
   int n = 0;
   for (const auto& p : pools) {
     if (!database.empty() && p->database() != database) continue;
@@ -959,6 +974,26 @@ std::string AdminConsole::reconnect(const std::string& database) const {
 // ---- SHOW STATS -------------------------------------------------------------------------------
 
 void AdminConsole::tick(TimePoint t) {
+  std::vector<std::pair<Pending, std::string>> finished;  // with an error message or ""
+  {
+    std::lock_guard lock(pending_mu_);
+    for (auto it = pending_.begin(); it != pending_.end();) {
+      std::string failure = it->failed ? it->failed() : std::string();
+      if (failure.empty() && !it->done()) {
+        ++it;
+        continue;
+      }
+      finished.emplace_back(std::move(*it), std::move(failure));
+      it = pending_.erase(it);
+    }
+  }
+  for (auto& [p, failure] : finished) {
+    std::string out = failure.empty()
+                          ? complete(p.tag)
+                          : errorReply(sqlstate::kObjectNotInPrerequisiteState, failure);
+    p.call.session->clientLoop()->post(
+        [reply = p.call.reply, out = std::move(out)]() mutable { reply(std::move(out)); });
+  }
   auto period = ctx_->pools->config()->settings.stats_period;
   {
     std::lock_guard lock(periods_mu_);
@@ -1101,6 +1136,266 @@ void AdminConsole::killClient(Call& call) {
         }
         reply(complete("KILL_CLIENT"));
       });
+}
+
+// ---- PAUSE / RESUME / KILL / DISABLE / ENABLE / WAIT_CLOSE / SET ------------------------------
+
+namespace {
+bool isConsoleDatabase(const std::string& db) { return db == kConsoleName || db == "sluice"; }
+}  // namespace
+
+void AdminConsole::requireDatabase(const std::string& database, const char* verb) const {
+  if (isConsoleDatabase(database)) {
+    throw AdminError(sqlstate::kFeatureNotSupported,
+                     fmt::format("sluice: cannot {} admin db: {}", verb, database));
+  }
+  auto cfg = ctx_->pools->config();
+  auto pools = ctx_->pools->all();
+  bool known = cfg->findDatabase(database) != nullptr ||
+               std::any_of(pools.begin(), pools.end(),
+                           [&](const auto& p) { return p->database() == database; });
+  if (!known) {
+    throw AdminError(sqlstate::kInvalidCatalogName, "sluice: no such database: " + database);
+  }
+}
+
+void AdminConsole::answerWhen(Call call, std::string tag, std::function<bool()> done,
+                              std::function<std::string()> failed) {
+  if (done()) {
+    call.reply(complete(tag));
+    return;
+  }
+  std::lock_guard lock(pending_mu_);
+  pending_.push_back({std::move(call), std::move(tag), std::move(done), std::move(failed)});
+}
+
+namespace {
+// The pools of `database` ("" = every pool).
+std::vector<std::shared_ptr<pool::Pool>> poolsOf(session::SessionContext* ctx,
+                                                 const std::string& database) {
+  std::vector<std::shared_ptr<pool::Pool>> out;
+  for (auto& p : ctx->pools->all()) {
+    if (database.empty() || p->database() == database) out.push_back(std::move(p));
+  }
+  return out;
+}
+}  // namespace
+
+// PgBouncer: the command returns once every server of the paused pools is released (and, as
+// in PgBouncer, closed); meanwhile clients queue, and they stay queued until RESUME.
+void AdminConsole::pause(Call& call) {
+  const std::string db = call.arg;
+  if (ctx_->pools->pausedAll()) {
+    throw AdminError(sqlstate::kObjectNotInPrerequisiteState, "sluice: already suspended/paused");
+  }
+  if (!db.empty()) requireDatabase(db, "pause");
+  SLOG_INFO("PAUSE {}command issued by {}", db.empty() ? "" : "'" + db + "' ",
+            call.session->prefix());
+  ctx_->pools->setPaused(db, true);
+  auto* ctx = ctx_;
+  answerWhen(
+      std::move(call), "PAUSE",
+      [ctx, db] {
+        auto pools = poolsOf(ctx, db);
+        return std::all_of(pools.begin(), pools.end(),
+                           [](const auto& p) { return p->stats().total == 0; });
+      },
+      [ctx, db] {
+        bool still = db.empty() ? ctx->pools->pausedAll() : ctx->pools->databasePaused(db);
+        return still ? std::string()
+                     : std::string(
+                           "sluice: PAUSE ended by RESUME before every server was "
+                           "released");
+      });
+}
+
+std::string AdminConsole::resume(const std::string& db) {
+  if (db.empty()) {
+    if (ctx_->shutting_down.load()) {
+      throw AdminError(sqlstate::kObjectNotInPrerequisiteState, "sluice: pooler is shutting down");
+    }
+    if (!ctx_->pools->pausedAll()) {
+      throw AdminError(sqlstate::kObjectNotInPrerequisiteState,
+                       "sluice: pooler is not paused/suspended");
+    }
+  } else {
+    requireDatabase(db, "resume");
+    if (!ctx_->pools->databasePaused(db)) {
+      throw AdminError(sqlstate::kObjectNotInPrerequisiteState,
+                       "sluice: database " + db + " is not paused");
+    }
+  }
+  SLOG_INFO("RESUME {}command issued", db.empty() ? "" : "'" + db + "' ");
+  ctx_->pools->setPaused(db, false);
+  return complete("RESUME");
+}
+
+// PgBouncer: drop every client and server connection of the database now; new clients wait
+// until RESUME (the database stays paused).
+void AdminConsole::kill(Call& call) {
+  const std::string db = call.arg;
+  if (ctx_->pools->pausedAll()) {
+    throw AdminError(sqlstate::kObjectNotInPrerequisiteState, "sluice: already suspended/paused");
+  }
+  if (!db.empty()) requireDatabase(db, "kill");
+  SLOG_INFO("KILL {}command issued by {}", db.empty() ? "" : "'" + db + "' ",
+            call.session->prefix());
+  ctx_->pools->setPaused(db, true);  // closes the idle servers; no new ones until RESUME
+  auto reply = call.reply;
+  std::string what = db.empty() ? "KILL" : "KILL " + db;
+  gatherLoopsTo<int>(
+      ctx_, call.session->clientLoop(),
+      [db, what](session::LoopClients& lc) {
+        using S = ClientSession::State;
+        std::vector<std::shared_ptr<ClientSession>> victims;
+        for (ClientSession* c : lc.clients) {
+          if (c->isAdmin() || c->state() == S::kStartup || c->state() == S::kAuth ||
+              c->state() == S::kClosed || (!db.empty() && c->database() != db)) {
+            continue;
+          }
+          victims.push_back(c->shared_from_this());
+        }
+        for (auto& c : victims) {
+          protocol::ErrorInfo e;
+          e.severity = "FATAL";
+          e.sqlstate = sqlstate::kAdminShutdown;
+          e.message = "sluice: terminating connection due to administrator command (" + what + ")";
+          c->closeWithError(e, stats::CloseReason::kAdminKill);  // closes its server too
+        }
+        return static_cast<int>(victims.size());
+      },
+      [reply](std::vector<int>&) { reply(complete("KILL")); });
+}
+
+std::string AdminConsole::enable(const std::string& db, bool on) {
+  requireDatabase(db, on ? "enable" : "disable");
+  SLOG_INFO("{} '{}' command issued", on ? "ENABLE" : "DISABLE", db);
+  ctx_->pools->setDisabled(db, !on);
+  return complete(on ? "ENABLE" : "DISABLE");
+}
+
+// PgBouncer: wait until no server of the database (or any) is still marked to close on release
+// after a RECONNECT or a reload that changed its connection settings.
+void AdminConsole::waitClose(Call& call) {
+  const std::string db = call.arg;
+  if (!db.empty()) requireDatabase(db, "wait in");
+  SLOG_INFO("WAIT_CLOSE {}command issued", db.empty() ? "" : "'" + db + "' ");
+  auto* ctx = ctx_;
+  answerWhen(std::move(call), "WAIT_CLOSE", [ctx, db] {
+    auto pools = poolsOf(ctx, db);
+    return std::all_of(pools.begin(), pools.end(),
+                       [](const auto& p) { return p->stats().stale == 0; });
+  });
+}
+
+namespace {
+// "key = value", "key TO value"; value a word, a number or a 'string' ('' is a quote).
+bool parseSet(const std::string& text, std::string& key, std::string& value) {
+  size_t i = 0;
+  auto skip = [&] {
+    while (i < text.size() && isSpace(text[i])) ++i;
+  };
+  auto word = [&] {
+    size_t start = i;
+    if (i < text.size() && text[i] == '"') {
+      size_t end = text.find('"', i + 1);
+      if (end == std::string::npos) return std::string();
+      i = end + 1;
+      return text.substr(start + 1, end - start - 1);
+    }
+    while (i < text.size() && !isSpace(text[i]) && text[i] != '=') ++i;
+    return text.substr(start, i - start);
+  };
+  skip();
+  key = word();
+  if (key.empty()) return false;
+  skip();
+  if (i < text.size() && text[i] == '=') {
+    ++i;
+  } else if (upper(text.substr(i, 2)) == "TO" && i + 2 < text.size() && isSpace(text[i + 2])) {
+    i += 2;
+  } else {
+    return false;
+  }
+  skip();
+  value.clear();
+  if (i < text.size() && text[i] == '\'') {
+    for (++i;; ++i) {
+      if (i >= text.size()) return false;
+      if (text[i] == '\'') {
+        if (i + 1 < text.size() && text[i + 1] == '\'') {
+          value += '\'';
+          ++i;
+          continue;
+        }
+        ++i;
+        break;
+      }
+      value += text[i];
+    }
+  } else {
+    value = word();
+    if (value.empty()) return false;
+  }
+  skip();
+  return i == text.size();
+}
+}  // namespace
+
+void AdminConsole::set(Call& call) {
+  std::string key, value;
+  if (!parseSet(call.arg, key, value)) {
+    throw AdminError(sqlstate::kSyntaxError,
+                     "sluice: usage: SET key = value (a word, a number or a 'quoted string')");
+  }
+  std::string lower = key;
+  std::transform(lower.begin(), lower.end(), lower.begin(),
+                 [](unsigned char c) { return std::tolower(c); });
+  // Drivers set these on connect (JDBC: extra_float_digits); PgBouncer ignores them.
+  static const std::set<std::string> kIgnored = {"client_encoding",
+                                                 "default_transaction_isolation",
+                                                 "standard_conforming_strings",
+                                                 "datestyle",
+                                                 "timezone",
+                                                 "extra_float_digits"};
+  if (kIgnored.count(lower)) {
+    std::string out;
+    protocol::ErrorInfo n;
+    n.severity = "NOTICE";
+    n.sqlstate = "00000";
+    n.message = "SET ignored";
+    protocol::appendNotice(out, n);
+    protocol::appendCommandComplete(out, "SET");
+    call.reply(std::move(out));
+    return;
+  }
+  auto cfg = ctx_->pools->config();
+  const auto& admins = cfg->settings.admin_users;
+  if (std::find(admins.begin(), admins.end(), call.session->user()) == admins.end()) {
+    throw AdminError(kInsufficientPrivilege, "sluice: SET needs admin access: \"" +
+                                                 call.session->user() + "\" is not in admin_users");
+  }
+  const auto& keys = configKeys();
+  auto it =
+      std::find_if(keys.begin(), keys.end(), [&](const ConfigKey& k) { return lower == k.name; });
+  if (it == keys.end()) {
+    throw AdminError(sqlstate::kUndefinedObject, "sluice: SET failed: unknown key '" + key + "'");
+  }
+  if (!it->changeable) {
+    throw AdminError(sqlstate::kCantChangeRuntimeParam,
+                     "sluice: SET failed: " + lower +
+                         " cannot be changed while sluice runs (restart with it in the file)");
+  }
+  SLOG_INFO("SET {} = '{}' issued by {}", lower, value, call.session->prefix());
+  net::EventLoop* home = call.session->clientLoop();
+  auto reply = call.reply;
+  control_->setConfigAsync(lower, value, [home, reply](std::string error) {
+    home->post([reply, error = std::move(error)] {
+      reply(error.empty()
+                ? complete("SET")
+                : errorReply(sqlstate::kInvalidParameterValue, "sluice: SET failed: " + error));
+    });
+  });
 }
 
 }  // namespace sluice::admin

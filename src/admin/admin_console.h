@@ -16,6 +16,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "admin/pool_views.h"
 #include "common/clock.h"
@@ -31,6 +32,10 @@ class ControlPlane {
   // caller posts the answer back to its own loop.
   virtual void reloadConfigAsync(std::function<void(std::string)> done) = 0;
   virtual void shutdown(bool wait_for_clients) = 0;
+  // SET key = value: a new config snapshot with that key changed, swapped in on the control
+  // loop; `done` gets "" on success or the reason it was refused.
+  virtual void setConfigAsync(std::string key, std::string value,
+                              std::function<void(std::string)> done) = 0;
 };
 
 class AdminConsole : public session::AdminHandler {
@@ -38,8 +43,9 @@ class AdminConsole : public session::AdminHandler {
   AdminConsole(session::SessionContext* ctx, ControlPlane* control);
   void execute(const std::shared_ptr<session::ClientSession>& session, const std::string& sql,
                std::function<void(std::string)> reply) override;
-  // From the App's janitor (control loop): once per stats_period, keeps the per-database
-  // totals at the last two period boundaries, which SHOW STATS' averages are computed against.
+  // From the App's janitor (control loop, every 100 ms): answers PAUSE and WAIT_CLOSE once their
+  // condition holds; once per stats_period, keeps the per-database totals at the last two period
+  // boundaries, which SHOW STATS' averages are computed against.
   void tick(TimePoint t);
 
   // One command being answered. `reply` must be called exactly once, on the session's loop.
@@ -72,10 +78,32 @@ class AdminConsole : public session::AdminHandler {
   enum class StatsView { kStats, kTotals, kAverages, kTotalsList };
   std::string showStats(StatsView view) const;
   void killClient(Call& call);
-
+  // PAUSE, RESUME, KILL, DISABLE, ENABLE, WAIT_CLOSE, SET (PgBouncer's semantics).
+  void pause(Call& call);
+  std::string resume(const std::string& database);
+  void kill(Call& call);
+  std::string enable(const std::string& database, bool enable);
+  void waitClose(Call& call);
+  void set(Call& call);
+  // Throws "no such database" unless `database` is configured (or served through "*"), and
+  // refuses the console's own pseudo-database with "cannot <verb> admin db".
+  void requireDatabase(const std::string& database, const char* verb) const;
+  // Answers `call` with CommandComplete `tag` on its loop once `done()` holds (checked by tick());
+  // `failed()` (optional) ends the wait with its message as an error instead.
+  void answerWhen(Call call, std::string tag, std::function<bool()> done,
+                  std::function<std::string()> failed = nullptr);
   session::SessionContext* ctx_;
   ControlPlane* control_;
   std::map<std::string, Command> commands_;  // "SHOW CLIENTS", "RELOAD", ... -> handler
+
+  struct Pending {
+    Call call;
+    std::string tag;
+    std::function<bool()> done;
+    std::function<std::string()> failed;
+  };
+  std::mutex pending_mu_;
+  std::vector<Pending> pending_;  // GUARDED_BY(pending_mu_)
 
   // PgBouncer's stats periods: totals per database at the last two boundaries. Averages are
   // (live totals - older_) / (now - older_at_), a window of one to two stats_period.

@@ -18,6 +18,10 @@ PoolTotals& PoolTotals::operator+=(const PoolTotals& o) {
   server_connects += o.server_connects;
   server_login_failures += o.server_login_failures;
   for (size_t i = 0; i < disconnects.size(); ++i) disconnects[i] += o.disconnects[i];
+  hold_warnings_active += o.hold_warnings_active;
+  hold_warnings_idle_in_transaction += o.hold_warnings_idle_in_transaction;
+  for (const auto& [k, n] : o.server_errors) server_errors[k] += n;
+  for (const auto& [k, n] : o.sluice_errors) sluice_errors[k] += n;
   return *this;
 }
 
@@ -41,6 +45,10 @@ PoolTotals sumShards(const pool::Pool& pool) {
     t.server_connects += s->server_connects.get();
     t.server_login_failures += s->server_login_failures.get();
     for (size_t i = 0; i < t.disconnects.size(); ++i) t.disconnects[i] += s->disconnects[i].get();
+    t.hold_warnings_active += s->hold_warnings_active.get();
+    t.hold_warnings_idle_in_transaction += s->hold_warnings_idle_in_transaction.get();
+    s->server_errors.forEach([&](const std::string& k, uint64_t n) { t.server_errors[k] += n; });
+    s->sluice_errors.forEach([&](const std::string& k, uint64_t n) { t.sluice_errors[k] += n; });
   }
   return t;
 }
@@ -69,6 +77,13 @@ AppUsage& AppUsage::operator+=(const AppUsage& o) {
   servers_held += o.servers_held;
   idle_in_transaction += o.idle_in_transaction;
   longest_hold_s = std::max(longest_hold_s, o.longest_hold_s);
+  hold_seconds_total += o.hold_seconds_total;
+  return *this;
+}
+
+Usage& Usage::operator+=(const Usage& o) {
+  for (const auto& [k, u] : o.apps) apps[k] += u;
+  for (const auto& [k, u] : o.pools) pools[k] += u;
   return *this;
 }
 
@@ -84,26 +99,30 @@ const char* transactionState(const pool::ServerConn& s, const session::ClientSes
   }
 }
 
-AppUsageMap appUsageOnLoop(session::LoopClients& lc) {
+Usage usageOnLoop(session::LoopClients& lc) {
   using S = session::ClientSession::State;
-  AppUsageMap out;
+  Usage out;
   TimePoint t = now();
+  for (const auto& [app, held] : lc.closed_app_hold_s) out.apps[app].hold_seconds_total += held;
   for (session::ClientSession* c : lc.clients) {
     S st = c->state();
     if (c->isAdmin() || st == S::kStartup || st == S::kAuth || st == S::kClosed) continue;
-    AppUsage& u = out[c->applicationName()];
-    ++u.clients;
+    AppUsage one;
+    one.clients = 1;
+    one.hold_seconds_total = c->heldSecondsTotal();
     if (const pool::ServerConn* s = c->server()) {
-      ++u.servers_held;
+      one.servers_held = 1;
       if (std::string_view(transactionState(*s, *c)).rfind("idle in transaction", 0) == 0) {
-        ++u.idle_in_transaction;
+        one.idle_in_transaction = 1;
       }
       TimePoint since = c->serverSince() != TimePoint{} ? c->serverSince() : c->requestStartedAt();
       if (since != TimePoint{}) {
-        u.longest_hold_s =
-            std::max(u.longest_hold_s, std::chrono::duration<double>(t - since).count());
+        one.longest_hold_s = std::max(0.0, std::chrono::duration<double>(t - since).count());
+        one.hold_seconds_total += one.longest_hold_s;
       }
     }
+    out.apps[c->applicationName()] += one;
+    out.pools[{c->database(), c->pool() ? c->pool()->user() : c->user()}] += one;
   }
   return out;
 }

@@ -33,6 +33,10 @@ struct PoolTotals {
   uint64_t server_connects = 0;
   uint64_t server_login_failures = 0;
   std::array<uint64_t, stats::kNumCloseReasons> disconnects{};
+  uint64_t hold_warnings_active = 0;
+  uint64_t hold_warnings_idle_in_transaction = 0;
+  std::map<std::string, uint64_t> server_errors;  // by SQLSTATE
+  std::map<std::string, uint64_t> sluice_errors;
 
   PoolTotals& operator+=(const PoolTotals& o);
 };
@@ -57,13 +61,21 @@ struct AppUsage {
   uint64_t servers_held = 0;         // servers lent to them right now
   uint64_t idle_in_transaction = 0;  // of those, idle inside a transaction
   double longest_hold_s = 0;         // the longest current hold
+  double hold_seconds_total = 0;     // all their holds so far, closed clients' and current ones
 
   AppUsage& operator+=(const AppUsage& o);
 };
 using AppUsageMap = std::map<std::string, AppUsage>;  // application_name -> usage
 
+// The same per pool ((database, user) -> usage) and per application_name, from one loop or summed.
+struct Usage {
+  AppUsageMap apps;
+  std::map<std::pair<std::string, std::string>, AppUsage> pools;
+  Usage& operator+=(const Usage& o);
+};
+
 // Runs on lc.loop only (reads its ClientSessions).
-AppUsageMap appUsageOnLoop(session::LoopClients& lc);
+Usage usageOnLoop(session::LoopClients& lc);
 
 // PostgreSQL's pg_stat_activity words for what a held server is doing: "active", "idle",
 // "idle in transaction", "idle in transaction (aborted)". On the server's loop.

@@ -624,6 +624,20 @@ std::shared_ptr<const Config> parseConfig(const std::string& text, const std::st
   return config;
 }
 
+std::shared_ptr<const Config> withSetting(const Config& base, const std::string& key,
+                                          const std::string& value) {
+  auto config = std::make_shared<Config>(base);
+  config->warnings.clear();
+  std::string name = toLower(key);
+  for (const SettingSpec& spec : kSettingSpecs) {
+    if (spec.name == name) {
+      applySetting(config->settings, spec.field, key, value, "SET");
+      return config;
+    }
+  }
+  throw ConfigError("SET: unknown or unsupported key '" + key + "'");
+}
+
 std::shared_ptr<const Config> loadConfig(const std::string& path) {
   std::string absolute = absolutePath(path);
   return parseConfig(readTextFile(absolute, "config file: "), absolute);

@@ -152,6 +152,11 @@ std::shared_ptr<const Config> loadConfig(const std::string& path);
 // Same, from text already in memory; `path` is used in messages and to resolve %include.
 std::shared_ptr<const Config> parseConfig(const std::string& text, const std::string& path);
 
+// A copy of `base` with one [pgbouncer] key set as the admin console's SET does; the value is
+// checked as the loader checks it. Throws ConfigError naming the key and what is allowed.
+std::shared_ptr<const Config> withSetting(const Config& base, const std::string& key,
+                                          const std::string& value);
+
 // PgBouncer's auth_file (userlist.txt): `"user" "secret"` per line, where secret is a plain
 // password, "md5<32 hex>" or "SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>".
 struct UserList {

@@ -96,6 +96,21 @@ TEST(ConfigTest, DefaultsArePgBouncers) {
   EXPECT_EQ(s.workers, 0);
 }
 
+TEST(ConfigTest, WithSettingChangesOneKeyOfACopy) {
+  auto base = parse("[databases]\nappdb = host=db1\n[pgbouncer]\ndefault_pool_size = 5\n");
+  auto changed = withSetting(*base, "Default_Pool_Size", "3");
+  EXPECT_EQ(changed->settings.default_pool_size, 3);
+  EXPECT_EQ(base->settings.default_pool_size, 5);  // the snapshot itself is untouched
+  ASSERT_EQ(changed->databases.size(), 1u);
+  EXPECT_EQ(changed->databases[0].host, "db1");
+  EXPECT_EQ(withSetting(*base, "query_wait_timeout", "2.5")->settings.query_wait_timeout,
+            milliseconds(2500));
+  EXPECT_EQ(withSetting(*base, "server_check_query", "select 'x'")->settings.server_check_query,
+            "select 'x'");
+  EXPECT_THROW(withSetting(*base, "default_pool_size", "lots"), ConfigError);
+  EXPECT_THROW(withSetting(*base, "no_such_key", "1"), ConfigError);
+}
+
 TEST(ConfigTest, PathIsMadeAbsolute) {
   auto config = parseConfig("", "conf/../etc/pgbouncer.ini");
   EXPECT_EQ(config->path, (fs::current_path() / "etc/pgbouncer.ini").string());

@@ -230,8 +230,8 @@ class HttpServer::Impl {
     });
     svr_.Get("/metrics", [this](const httplib::Request& req, httplib::Response& res) {
       if (!allowed(req, res)) return;
-      auto apps = gatherAppUsage(ctx_, kGatherTimeout);
-      reply(res, 200, renderMetrics(*ctx_, apps ? &*apps : nullptr),
+      auto usage = gatherUsage(ctx_, kGatherTimeout);
+      reply(res, 200, renderMetrics(*ctx_, usage ? &*usage : nullptr),
             "text/plain; version=0.0.4; charset=utf-8");
     });
     svr_.set_exception_handler(

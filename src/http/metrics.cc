@@ -92,25 +92,24 @@ struct PoolSample {
 
 }  // namespace
 
-std::optional<admin::AppUsageMap> gatherAppUsage(session::SessionContext* ctx,
-                                                 std::chrono::milliseconds timeout) {
+std::optional<admin::Usage> gatherUsage(session::SessionContext* ctx,
+                                        std::chrono::milliseconds timeout) {
   // Shared with the loops: a loop that answers after the deadline still has a promise to keep.
-  auto promise = std::make_shared<std::promise<admin::AppUsageMap>>();
+  auto promise = std::make_shared<std::promise<admin::Usage>>();
   auto result = promise->get_future();
-  admin::gatherLoops<admin::AppUsageMap>(
-      ctx, [](session::LoopClients& lc) { return admin::appUsageOnLoop(lc); },
-      [promise](std::vector<admin::AppUsageMap>& parts) {
-        admin::AppUsageMap all;
-        for (auto& part : parts) {
-          for (auto& [app, usage] : part) all[app] += usage;
-        }
+  admin::gatherLoops<admin::Usage>(
+      ctx, [](session::LoopClients& lc) { return admin::usageOnLoop(lc); },
+      [promise](std::vector<admin::Usage>& parts) {
+        admin::Usage all;
+        for (auto& part : parts) all += part;
         promise->set_value(std::move(all));
       });
   if (result.wait_for(timeout) != std::future_status::ready) return std::nullopt;
   return result.get();
 }
 
-std::string renderMetrics(const session::SessionContext& ctx, const admin::AppUsageMap* apps) {
+std::string renderMetrics(const session::SessionContext& ctx, const admin::Usage* usage) {
+  const admin::AppUsageMap* apps = usage ? &usage->apps : nullptr;
   Exposition e;
   e.family("sluice_up", "gauge", "1 while sluice serves");
   e.sample("sluice_up", {}, 1);
@@ -203,6 +202,56 @@ std::string renderMetrics(const session::SessionContext& ctx, const admin::AppUs
           "Server logins failed in a row (0 after a success); above 0 /readyz answers 503",
           [](const PoolSample& s) { return s.login_failures; });
 
+  e.family("sluice_pool_timeouts_total", "counter",
+           "Clients closed because a timeout expired, by kind (the setting that expired)");
+  for (const auto& s : pools) {
+    for (size_t r = 0; r < stats::kNumCloseReasons; ++r) {
+      const char* kind = stats::closeReasonTimeout(static_cast<stats::CloseReason>(r));
+      if (!*kind) continue;
+      Labels l = s.labels;
+      l.emplace_back("kind", kind);
+      e.sample("sluice_pool_timeouts_total", l, s.totals.disconnects[r]);
+    }
+  }
+  e.family("sluice_pool_errors_total", "counter",
+           "ErrorResponses sent to clients by SQLSTATE: relayed from PostgreSQL (source=server) "
+           "or sluice's own (source=sluice); codes beyond the first 24 per loop count as other");
+  for (const auto& s : pools) {
+    for (const auto& [source, by_code] : {std::pair{"server", &s.totals.server_errors},
+                                          std::pair{"sluice", &s.totals.sluice_errors}}) {
+      for (const auto& [code, n] : *by_code) {
+        Labels l = s.labels;
+        l.emplace_back("sqlstate", code);
+        l.emplace_back("source", source);
+        e.sample("sluice_pool_errors_total", l, n);
+      }
+    }
+  }
+  e.family("sluice_pool_hold_warnings_total", "counter",
+           "Server holds that passed hold_warn_threshold (the leak detector), by what the client "
+           "was doing: running a query (active) or idle in transaction");
+  for (const auto& s : pools) {
+    for (auto [state, n] :
+         {std::pair{"active", s.totals.hold_warnings_active},
+          std::pair{"idle_in_transaction", s.totals.hold_warnings_idle_in_transaction}}) {
+      Labels l = s.labels;
+      l.emplace_back("state", state);
+      e.sample("sluice_pool_hold_warnings_total", l, n);
+    }
+  }
+  if (usage) {
+    auto held = [&](const PoolSample& s) {
+      auto it = usage->pools.find({s.st.database, s.st.user});
+      return it == usage->pools.end() ? admin::AppUsage{} : it->second;
+    };
+    perPool("sluice_pool_servers_idle_in_transaction", "gauge",
+            "Servers held by a client that is idle inside a transaction (sends nothing)",
+            [&](const PoolSample& s) { return held(s).idle_in_transaction; });
+    perPool("sluice_pool_longest_hold_seconds", "gauge",
+            "How long the pool's longest current holder has held its server",
+            [&](const PoolSample& s) { return held(s).longest_hold_s; });
+  }
+
   e.family("sluice_client_disconnects_total", "counter",
            "Client connections closed, by reason (docs/metrics.md maps each to its SQLSTATE); "
            "without database and user for clients that never reached a pool");
@@ -245,6 +294,10 @@ std::string renderMetrics(const session::SessionContext& ctx, const admin::AppUs
     perApp("sluice_app_servers_idle_in_transaction", "gauge",
            "Of those, servers held idle inside a transaction (the client sends nothing)",
            [](const admin::AppUsage& u) { return u.idle_in_transaction; });
+    perApp("sluice_app_server_hold_seconds_total", "counter",
+           "Seconds the application's clients have held servers (closed clients included; "
+           "rate() is how many servers it keeps busy)",
+           [](const admin::AppUsage& u) { return u.hold_seconds_total; });
     perApp("sluice_app_longest_hold_seconds", "gauge",
            "How long the application's longest current holder has held its server",
            [](const admin::AppUsage& u) { return u.longest_hold_s; });

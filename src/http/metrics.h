@@ -3,7 +3,7 @@
 //
 // Pool metrics read thread-safe state only (Pool::stats() under the pool's short lock, the
 // summed statistics shards, relaxed atomics). Per-application metrics need every loop's
-// ClientSessions, which only their own loop may read: gatherAppUsage() posts a task to each
+// ClientSessions, which only their own loop may read: gatherUsage() posts a task to each
 // loop and the calling (HTTP) thread waits for the answers with a deadline; a loop never waits.
 #pragma once
 
@@ -16,13 +16,13 @@
 
 namespace sluice::http {
 
-// What every loop's clients hold, per application_name; nullopt if some loop did not answer
-// within `timeout` (it is stalled: /health says which).
-std::optional<admin::AppUsageMap> gatherAppUsage(session::SessionContext* ctx,
-                                                 std::chrono::milliseconds timeout);
+// What every loop's clients hold, per application_name and per pool; nullopt if some loop did not
+// answer within `timeout` (it is stalled: /health says which).
+std::optional<admin::Usage> gatherUsage(session::SessionContext* ctx,
+                                        std::chrono::milliseconds timeout);
 
-// The whole exposition. `apps` null: the per-application families are left out.
-std::string renderMetrics(const session::SessionContext& ctx, const admin::AppUsageMap* apps);
+// The whole exposition. `usage` null: the families gathered from the loops are left out.
+std::string renderMetrics(const session::SessionContext& ctx, const admin::Usage* usage);
 
 // At most this many application_name label values; the rest are summed into "(other)", so a
 // client that invents names cannot grow the exposition without bound.

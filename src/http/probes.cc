@@ -36,7 +36,8 @@ ProbeResult health(const session::SessionContext& ctx) {
 
 ProbeResult readiness(const session::SessionContext& ctx) {
   std::string ts = isoTimestamp(std::chrono::system_clock::now());
-  bool unavailable = ctx.shutting_down.load() || ctx.paused.load();
+  bool paused = ctx.pools->pausedAll();
+  bool unavailable = ctx.shutting_down.load() || paused;
   bool degraded = false;
   json pools = json::array();
   for (const auto& p : ctx.pools->all()) {
@@ -59,11 +60,18 @@ ProbeResult readiness(const session::SessionContext& ctx) {
       unavailable = true;
       j["lastLoginError"] = login.last_error;
     }
+    if (st.paused || p->disabled()) {
+      // PAUSE, KILL or DISABLE from the admin console: this database serves nobody new.
+      unavailable = true;
+      j["paused"] = st.paused;
+      j["disabled"] = p->disabled();
+    }
     if (st.waiting > 0) degraded = true;
     pools.push_back(std::move(j));
   }
   const char* status = unavailable ? "unavailable" : degraded ? "degraded" : "ok";
   json body = {{"status", status}, {"timestamp", ts}, {"pools", std::move(pools)}};
+  if (paused) body["paused"] = true;
   // replace: a server's error text need not be valid UTF-8.
   return {unavailable ? 503 : 200, body.dump(-1, ' ', false, json::error_handler_t::replace)};
 }

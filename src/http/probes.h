@@ -27,8 +27,9 @@ ProbeResult health(const session::SessionContext& ctx);
 inline constexpr std::chrono::seconds kLoginFailureWindow{60};
 
 // {"status":"ok|degraded|unavailable","timestamp":ISO8601,"pools":[...]}: 503 "unavailable"
-// while shutting down or paused, or while a pool's last server login failed within
-// kLoginFailureWindow (its database is unreachable or refuses sluice; a pool with such a
+// while shutting down or paused (PAUSE; a pool paused by PAUSE db or KILL db, or of a database
+// disabled by DISABLE, carries "paused"/"disabled"), or while a pool's last server login failed
+// within kLoginFailureWindow (its database is unreachable or refuses sluice; a pool with such a
 // failure carries "lastLoginError"); 200 "degraded" while some pool has clients waiting; else
 // 200 "ok".
 ProbeResult readiness(const session::SessionContext& ctx);

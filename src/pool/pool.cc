@@ -35,7 +35,10 @@ void Pool::applySettings(PoolSettings settings) {
                        settings.login.dbname != settings_.login.dbname ||
                        settings.login.user != settings_.login.user;
   settings_ = std::move(settings);
-  if (login_changed) ++generation_;
+  if (login_changed) {
+    ++generation_;
+    current_generation_ = 0;
+  }
   // More room may let waiters in now; the janitor launches the connects.
 }
 
@@ -69,6 +72,7 @@ void Pool::learnScramClientKey(const std::array<uint8_t, 32>& key) {
 }
 
 bool Pool::mayOpenLocked(bool reserve) {
+  if (paused_) return false;
   int limit = settings_.pool_size + (reserve ? settings_.reserve_pool_size : 0);
   if (total_ >= limit) return false;
   if (now() < retry_at_) return false;
@@ -92,6 +96,7 @@ void Pool::growLocked(net::EventLoop* loop, bool reserve) {
 void Pool::launchConnectLocked(net::EventLoop* loop) {
   ++total_;
   ++login_;
+  ++current_generation_;
   ServerLogin login = settings_.login;
   login.scram_client_key = scram_client_key_;
   auto server = std::make_shared<ServerConn>(this, loop, registry_->nextServerId());
@@ -110,7 +115,7 @@ Pool::AcquireResult Pool::acquire(const std::shared_ptr<PoolClient>& client,
   net::EventLoop* loop = client->clientLoop();
   std::unique_lock lock(mu_);
   auto& local = idle_[loop->index()];
-  if (!local.empty() && waiters_.empty()) {
+  if (!paused_ && !local.empty() && waiters_.empty()) {
     // Most recently used first, so surplus servers age out; server_round_robin spreads the
     // load over all of them instead.
     std::shared_ptr<ServerConn> s;
@@ -127,7 +132,7 @@ Pool::AcquireResult Pool::acquire(const std::shared_ptr<PoolClient>& client,
   }
   uint64_t id = next_wait_id_++;
   waiters_.push(id, fair_key, now(), Waiter{client});
-  if (waiters_.size() == 1) {
+  if (waiters_.size() == 1 && !paused_) {
     // Nobody was ahead: take an idle server on another loop, or grow the pool.
     for (size_t i = 0; i < idle_.size(); ++i) {
       if (idle_[i].empty()) continue;
@@ -185,11 +190,12 @@ void Pool::release(std::shared_ptr<ServerConn> server, TimePoint t) {
   bool too_old = settings_.server_lifetime.count() > 0 &&
                  t - server->createdAt() >= settings_.server_lifetime;
   bool stale = server->generation < generation_;
-  if (too_old || stale || total_ > settings_.pool_size + settings_.reserve_pool_size) {
+  if (too_old || stale || paused_ || total_ > settings_.pool_size + settings_.reserve_pool_size) {
     lock.unlock();
-    server->close(too_old ? "server_lifetime reached"
-                  : stale ? "pool reconfigured"
-                          : "pool shrank");
+    server->close(too_old   ? "server_lifetime reached"
+                  : stale   ? "pool reconfigured"
+                  : paused_ ? "pool paused"
+                            : "pool shrank");
     return;
   }
   if (auto w = waiters_.pop()) {
@@ -234,6 +240,7 @@ void Pool::onServerClosed(ServerConn* server) {
   std::lock_guard lock(mu_);
   {
     --total_;
+    if (server->generation == generation_) --current_generation_;
     for (auto& list : idle_) {
       auto it = std::find_if(list.begin(), list.end(),
                              [server](const auto& s) { return s.get() == server; });
@@ -329,7 +336,7 @@ void Pool::janitor(TimePoint t) {
         bool too_old = settings_.server_lifetime.count() > 0 &&
                        t - s->createdAt() >= settings_.server_lifetime;
         bool excess = total_ - int(to_close.size()) > settings_.pool_size;
-        if (idle_out || too_old || excess || s->generation < generation_) {
+        if (idle_out || too_old || excess || paused_ || s->generation < generation_) {
           to_close.push_back(std::move(s));
           it = list.erase(it);
           --idle_count_;
@@ -410,6 +417,7 @@ void Pool::closeIdle(const std::string& reason) {
   {
     std::lock_guard lock(mu_);
     ++generation_;
+    current_generation_ = 0;
     for (auto& list : idle_) {
       for (auto& s : list) to_close.push_back(std::move(s));
       list.clear();
@@ -433,7 +441,28 @@ PoolStats Pool::stats() const {
   st.waiting = int(waiters_.size());
   st.clients = clients_.load(std::memory_order_relaxed);
   if (auto o = waiters_.oldest()) st.max_wait_s = secondsSince(*o);
+  st.paused = paused_;
+  st.stale = total_ - current_generation_;
   return st;
+}
+
+void Pool::setPaused(bool paused) {
+  std::vector<std::shared_ptr<ServerConn>> to_close;
+  {
+    std::lock_guard lock(mu_);
+    if (paused_ == paused) return;
+    paused_ = paused;
+    if (paused) {
+      for (auto& list : idle_) {
+        for (auto& s : list) to_close.push_back(std::move(s));
+        list.clear();
+      }
+      idle_count_ = 0;
+    } else {
+      growLocked(nullptr, false);  // the clients that queued meanwhile
+    }
+  }
+  for (auto& s : to_close) s->loop()->post([s] { s->close("pool paused"); });
 }
 
 Pool::LoginHealth Pool::loginHealth() const {

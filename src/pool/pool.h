@@ -25,6 +25,7 @@
 #include "protocol/wire.h"
 #include "stats/close_reason.h"
 #include "stats/counter.h"
+#include "stats/sqlstate_counts.h"
 
 namespace sluice::pool {
 
@@ -73,6 +74,8 @@ struct PoolStats {
   int waiting = 0;  // clients in the wait queue
   int clients = 0;  // logged-in clients of this pool
   double max_wait_s = 0;
+  bool paused = false;  // PAUSE or KILL from the admin console: hands out no server
+  int stale = 0;        // servers from before the last RECONNECT/reload, closing when released
 };
 
 // Statistics of one pool written by one loop (a shard per loop; see stats/counter.h).
@@ -90,6 +93,13 @@ struct PoolShard {
   stats::Histogram wait_seconds;  // acquire time, 0 when a server was free
   stats::Histogram hold_seconds;  // how long a client held a server (transaction mode: per tx)
   std::array<stats::Counter, stats::kNumCloseReasons> disconnects;
+  // Leases that passed hold_warn_threshold (the leak detector), by what the client was doing
+  // then: running a query, or idle inside a transaction. Written by the loop's janitor task.
+  stats::Counter hold_warnings_active;
+  stats::Counter hold_warnings_idle_in_transaction;
+  // ErrorResponses clients received: relayed from PostgreSQL, and sluice's own.
+  stats::SqlstateCounts server_errors;
+  stats::SqlstateCounts sluice_errors;
 };
 
 class Pool : public std::enable_shared_from_this<Pool> {
@@ -140,6 +150,14 @@ class Pool : public std::enable_shared_from_this<Pool> {
   void clientLeft() { clients_.fetch_sub(1, std::memory_order_relaxed); }
   // Closes every idle server and marks active ones to close on release (RECONNECT, reload).
   void closeIdle(const std::string& reason);
+  // PAUSE / RESUME (the admin console, through the PoolRegistry). While paused the pool hands
+  // out and opens no server: idle servers close now, lent ones when they come back, and clients
+  // queue until RESUME. Its lifecycle is the waiting list and total_, so PAUSE is done when
+  // stats().total reaches 0.
+  void setPaused(bool paused);
+  // DISABLE / ENABLE: new clients of the pool are refused at login (the session asks).
+  void setDisabled(bool disabled) { disabled_.store(disabled, std::memory_order_relaxed); }
+  bool disabled() const { return disabled_.load(std::memory_order_relaxed); }
   // Closes the longest-idle server, if any, to free a shared budget slot for another pool.
   bool closeOneIdle(const std::string& reason);
   // The idle servers of loop `loop_index` at this moment (SHOW SERVERS). Only that loop may
@@ -189,7 +207,10 @@ class Pool : public std::enable_shared_from_this<Pool> {
   std::vector<protocol::TrackedSet> interned_tracked_;          // GUARDED_BY(mu_)
   bool has_welcome_ = false;                                    // GUARDED_BY(mu_)
   std::optional<std::array<uint8_t, 32>> scram_client_key_;     // GUARDED_BY(mu_)
-  uint64_t generation_ = 0;       // bumped by closeIdle(); older servers close on release
+  uint64_t generation_ = 0;     // bumped by closeIdle(); older servers close on release
+  int current_generation_ = 0;  // servers of generation_ (GUARDED_BY(mu_)); the rest are stale
+  bool paused_ = false;         // GUARDED_BY(mu_)
+  std::atomic<bool> disabled_{false};
   std::string last_login_error_;  // GUARDED_BY(mu_)
   std::string last_login_sqlstate_;
   TimePoint last_login_error_at_{};

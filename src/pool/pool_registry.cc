@@ -92,8 +92,69 @@ std::shared_ptr<Pool> PoolRegistry::get(const std::string& database, const std::
   if (it != pools_.end()) return it->second;
   auto pool = std::make_shared<Pool>(this, database, login_user,
                                      resolve(*cfg_, users_.get(), database, login_user), loops_);
+  // Not shared yet: nobody else can hold its lock.
+  pool->setPaused(paused_all_ || paused_dbs_.count(database) > 0);
+  pool->setDisabled(disabled_dbs_.count(database) > 0);
   pools_.emplace(key, pool);
   return pool;
+}
+
+std::vector<std::shared_ptr<Pool>> PoolRegistry::setPaused(const std::string& database,
+                                                           bool paused) {
+  std::vector<std::pair<std::shared_ptr<Pool>, bool>> updates;
+  {
+    std::lock_guard lock(mu_);
+    if (database.empty()) {
+      paused_all_ = paused;
+    } else if (paused) {
+      paused_dbs_.insert(database);
+    } else {
+      paused_dbs_.erase(database);
+    }
+    for (const auto& [key, pool] : pools_) {
+      if (database.empty() || key.first == database) {
+        updates.emplace_back(pool, paused_all_ || paused_dbs_.count(key.first) > 0);
+      }
+    }
+  }
+  std::vector<std::shared_ptr<Pool>> out;
+  for (auto& [pool, p] : updates) {
+    pool->setPaused(p);
+    out.push_back(pool);
+  }
+  return out;
+}
+
+std::vector<std::shared_ptr<Pool>> PoolRegistry::setDisabled(const std::string& database,
+                                                             bool disabled) {
+  std::vector<std::shared_ptr<Pool>> out;
+  std::lock_guard lock(mu_);
+  if (disabled) {
+    disabled_dbs_.insert(database);
+  } else {
+    disabled_dbs_.erase(database);
+  }
+  for (const auto& [key, pool] : pools_) {
+    if (key.first != database) continue;
+    pool->setDisabled(disabled);  // an atomic store: no lock taken
+    out.push_back(pool);
+  }
+  return out;
+}
+
+bool PoolRegistry::pausedAll() const {
+  std::lock_guard lock(mu_);
+  return paused_all_;
+}
+
+bool PoolRegistry::databasePaused(const std::string& database) const {
+  std::lock_guard lock(mu_);
+  return paused_dbs_.count(database) > 0;
+}
+
+bool PoolRegistry::databaseDisabled(const std::string& database) const {
+  std::lock_guard lock(mu_);
+  return disabled_dbs_.count(database) > 0;
 }
 
 std::vector<std::shared_ptr<Pool>> PoolRegistry::all() const {

@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,15 @@ class PoolRegistry {
   // (an empty db or user means that budget is not the one that is full).
   void evictIdleFor(const std::string& db, const std::string& user, const Pool* except);
 
+  // The admin console's PAUSE/RESUME and DISABLE/ENABLE, by database name ("" = every database
+  // for PAUSE). Applied to the pools that exist and to those created later. Each returns the
+  // pools it touched.
+  std::vector<std::shared_ptr<Pool>> setPaused(const std::string& database, bool paused);
+  std::vector<std::shared_ptr<Pool>> setDisabled(const std::string& database, bool disabled);
+  bool pausedAll() const;
+  bool databasePaused(const std::string& database) const;  // by PAUSE db or KILL db
+  bool databaseDisabled(const std::string& database) const;
+
   const std::vector<net::EventLoop*>& loops() const { return loops_; }
   uint64_t nextServerId() { return next_server_id_.fetch_add(1, std::memory_order_relaxed); }
 
@@ -52,6 +62,9 @@ class PoolRegistry {
   std::shared_ptr<const config::Config> cfg_;                                   // GUARDED_BY(mu_)
   std::shared_ptr<const config::UserList> users_;                               // GUARDED_BY(mu_)
   std::map<std::pair<std::string, std::string>, std::shared_ptr<Pool>> pools_;  // GUARDED_BY(mu_)
+  bool paused_all_ = false;                                                     // GUARDED_BY(mu_)
+  std::set<std::string> paused_dbs_;                                            // GUARDED_BY(mu_)
+  std::set<std::string> disabled_dbs_;                                          // GUARDED_BY(mu_)
   std::mutex budget_mu_;
   std::map<std::string, int> db_used_;    // GUARDED_BY(budget_mu_)
   std::map<std::string, int> user_used_;  // GUARDED_BY(budget_mu_)

@@ -457,6 +457,10 @@ void ServerConn::processActive() {
       }
       continue;
     }
+    if (t == 'E') {
+      // Errors PostgreSQL sends a client, by SQLSTATE (rare: the map is no cost that matters).
+      pool_->shard(loop_->index()).server_errors.add(protocol::parseErrorFields(payload)['C']);
+    }
     if (t == 'Z' && tx_status_ != 'I' && listener_ && !listener_->allowsTransactionBlocks()) {
       forward(pos);
       pos += hdr->total();

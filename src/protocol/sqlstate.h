@@ -20,4 +20,6 @@ inline constexpr const char* kInternalError = "XX000";
 inline constexpr const char* kSyntaxError = "42601";
 inline constexpr const char* kInvalidParameterValue = "22023";
 inline constexpr const char* kUndefinedObject = "42704";
+inline constexpr const char* kObjectNotInPrerequisiteState = "55000";
+inline constexpr const char* kCantChangeRuntimeParam = "55P02";
 }  // namespace sluice::sqlstate

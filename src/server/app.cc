@@ -11,6 +11,7 @@
 
 #include "admin/admin_console.h"
 #include "common/log.h"
+#include "server/lease_log.h"
 #include "session/client_session.h"
 
 namespace sluice::server {
@@ -61,12 +62,13 @@ int App::run() {
   // Signals first: once the port accepts, a SIGHUP must reload, not kill the process (asio
   // queues what arrives before control_ runs).
   waitSignals();
-  listen();
   if (!s.http_listen.empty()) {
-    // Bound before the worker loops start, so that a bad address fails start-up cleanly.
+    // Bound before the worker loops start, so that a bad address fails start-up cleanly, and
+    // before the PostgreSQL port listens, so that whoever sees that port up finds /readyz too.
     http_ = std::make_unique<http::HttpServer>(&ctx_);
     http_->start(s.http_listen);
   }
+  listen();
   const std::string pidfile = s.pidfile;  // cfg_ (and `s`) may be replaced by a reload
   if (!pidfile.empty()) {
     std::ofstream(pidfile) << getpid() << "\n";
@@ -252,6 +254,7 @@ void App::janitorTick() {
       clients.reserve(l->clients.size());
       for (auto* c : l->clients) clients.push_back(c->shared_from_this());
       for (auto& c : clients) c->janitor(t, cfg->settings);
+      checkLeases(*l, t, cfg->settings);  // the leak detector (hold_warn_threshold)
     });
   }
 }
@@ -282,6 +285,22 @@ void App::waitSignals() {
 
 void App::reloadConfigAsync(std::function<void(std::string)> done) {
   asio::post(control_, [this, done = std::move(done)] { done(reload()); });
+}
+
+void App::setConfigAsync(std::string key, std::string value,
+                         std::function<void(std::string)> done) {
+  asio::post(
+      control_, [this, key = std::move(key), value = std::move(value), done = std::move(done)] {
+        try {
+          auto cfg = config::withSetting(*cfg_, key, value);
+          cfg_ = cfg;
+          pools_->setConfig(cfg, pools_->userList());
+          SLOG_INFO("SET {} = '{}': applied (until the next reload reads the file)", key, value);
+          done("");
+        } catch (const std::exception& e) {
+          done(e.what());
+        }
+      });
 }
 
 void App::requestReload() {

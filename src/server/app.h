@@ -32,6 +32,8 @@ class App : public admin::ControlPlane {
   // admin::ControlPlane
   void reloadConfigAsync(std::function<void(std::string)> done) override;
   void shutdown(bool wait_for_clients) override { requestShutdown(wait_for_clients); }
+  void setConfigAsync(std::string key, std::string value,
+                      std::function<void(std::string)> done) override;
   session::SessionContext& context() { return ctx_; }
   pool::PoolRegistry& pools() { return *pools_; }
   const std::vector<std::unique_ptr<net::EventLoop>>& loops() const { return loops_; }

@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "common/log.h"
+#include "diagnostics/lease_watch.h"
 #include "protocol/sqlstate.h"
 #include "protocol/tracked_params.h"
 #include "protocol/wire.h"
@@ -223,6 +224,7 @@ void ClientSession::closeWithError(const ErrorInfo& e, CloseReason reason) {
   std::string msg;
   protocol::appendError(msg, e);
   send(msg);
+  if (stats_) stats_->sluice_errors.add(e.sqlstate);
   close_reason_ = reason;
   close_detail_ = e.message;
   close_after_write_ = true;
@@ -263,7 +265,15 @@ void ClientSession::closeQuietly(CloseReason reason, const std::string& detail) 
   auto& counters =
       pool_ ? pool_->shard(loop_->index()).disconnects : ctx_->loops[loop_->index()]->disconnects;
   counters[static_cast<int>(reason)].add();
-  if (pool_ && joined_pool_) pool_->clientLeft();
+  if (pool_ && joined_pool_) {
+    pool_->clientLeft();
+    // Its hold time stays counted for its application_name (bounded: the rest as "(other)").
+    auto& closed = loopState().closed_app_hold_s;
+    auto it = closed.find(applicationName());
+    if (it == closed.end() && closed.size() >= 1000) it = closed.try_emplace("(other)").first;
+    if (it == closed.end()) it = closed.try_emplace(applicationName()).first;
+    it->second += held_total_s_;
+  }
   if (cancel_pid_) ctx_->cancels.remove(cancel_pid_, cancel_key_);
   ctx_->loops[loop_->index()]->clients.erase(this);
   ctx_->client_count.fetch_sub(1);
@@ -387,6 +397,12 @@ bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
     std::string err;
     pool_ = ctx_->pools->get(database_, user_, &err);
     if (!pool_) return fatal(CloseReason::kUnknownDatabase, err);
+    if (pool_->disabled()) {
+      return fatal(CloseReason::kDatabaseDisabled,
+                   "sluice: database \"" + database_ +
+                       "\" is disabled (DISABLE on the admin console): it accepts no new "
+                       "connections until ENABLE");
+    }
     stats_ = &pool_->shard(loop_->index());
     mode_ = pool_->settings().mode;
     // A password given in [databases] also authenticates clients of that user.
@@ -584,6 +600,11 @@ void ClientSession::processClient() {
         closeWithError(CloseReason::kProtocolViolation,
                        fmt::format("sluice: unknown message type '{}'", t));
         return;
+    }
+    if (t == 'Q' || t == 'P') {
+      // What SHOW HOLDERS and the leak warning show; capacity stays, so no allocation.
+      last_statement_.assign(diagnostics::statementText(
+          data.substr(pos, std::min(hdr->total(), data.size() - pos)), kStatementShown));
     }
     if (!rewriter_ && rewrite_enabled_ && t != 'Q' && t != 'F' && t != 'd' && t != 'c' &&
         t != 'f') {
@@ -871,7 +892,9 @@ void ClientSession::releaseServer(TimePoint t) {
     return;
   }
   rewriter_.reset();
-  stats_->hold_seconds.observe(std::chrono::duration<double>(t - server_since_).count());
+  double held = std::chrono::duration<double>(t - server_since_).count();
+  stats_->hold_seconds.observe(held);
+  held_total_s_ += held;
   // Whatever the client changed with SET is its own from now on.
   if (server_->trackedVersion() != synced_version_) want_ = server_->tracked();
   if (settings().server_reset_query_always) {
@@ -884,6 +907,7 @@ void ClientSession::releaseServer(TimePoint t) {
 void ClientSession::dropServer(const std::string& reason) {
   rewriter_.reset();
   if (!server_) return;
+  held_total_s_ += secondsSince(server_since_);  // a hold ended by closing the server counts too
   auto s = std::move(server_);
   s->detach();
   s->close(reason);
@@ -891,6 +915,7 @@ void ClientSession::dropServer(const std::string& reason) {
 
 void ClientSession::onServerGone(const ErrorInfo& error) {
   rewriter_.reset();
+  if (server_) held_total_s_ += secondsSince(server_since_);
   server_.reset();
   ErrorInfo e = error;
   e.severity = "FATAL";
@@ -903,7 +928,9 @@ void ClientSession::onAcquireFailed(const ErrorInfo& error) {
   wait_id_ = 0;
   ErrorInfo e = error;
   e.severity = "FATAL";  // the connection closes after it, so the client must not retry on it
-  closeWithError(e, CloseReason::kNoServer);
+  // The pool's query_wait_timeout, or a server login refused for a reason retrying cannot fix.
+  closeWithError(e, error.sqlstate == sqlstate::kQueryCanceled ? CloseReason::kQueryWaitTimeout
+                                                               : CloseReason::kServerLoginFailed);
 }
 
 void ClientSession::onCancelRequest() {

@@ -87,6 +87,13 @@ class ClientSession : public pool::PoolClient,
   std::string prefix() const;  // "[C42 app/alice@10.0.0.5:51234]"
   uint32_t cancelPid() const { return cancel_pid_; }
   int owed() const;  // ReadyForQuery the attached server still owes (server() must be set)
+  // For the leak detector, SHOW HOLDERS and per-application metrics.
+  TimePoint lastActivityAt() const { return last_activity_; }           // the client's last bytes
+  const std::string& lastStatement() const { return last_statement_; }  // first 200 bytes
+  double heldSecondsTotal() const { return held_total_s_; }  // servers held, released ones
+  config::PoolMode poolMode() const { return mode_; }
+  const std::shared_ptr<pool::Pool>& pool() const { return pool_; }
+  static constexpr size_t kStatementShown = 200;
   bool closing() const { return close_after_write_ || state_ == State::kClosed; }
 
  private:
@@ -170,7 +177,9 @@ class ClientSession : public pool::PoolClient,
   TimePoint request_started_;
   TimePoint xact_started_;  // first request of the current transaction
   TimePoint wait_started_;
-  TimePoint server_since_;  // when server_ was attached: how long this client has held it
+  TimePoint server_since_;      // when server_ was attached: how long this client has held it
+  std::string last_statement_;  // the last Query or Parse text, cut at kStatementShown
+  double held_total_s_ = 0;     // seconds it held servers, over the leases it gave back
 };
 
 }  // namespace sluice::session

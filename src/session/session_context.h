@@ -6,12 +6,14 @@
 #include <array>
 #include <atomic>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <unordered_set>
 #include <vector>
 
 #include "common/clock.h"
+#include "diagnostics/lease_watch.h"
 #include "net/buffer.h"
 #include "net/event_loop.h"
 #include "pool/pool_registry.h"
@@ -46,6 +48,11 @@ struct LoopClients {
   std::string rw_to_client;
   // Closes of clients that never reached a pool (bad startup, unknown database, ...).
   std::array<stats::Counter, stats::kNumCloseReasons> disconnects;
+  // The leak detector's memory of this loop's clients (hold_warn_threshold); janitor task only.
+  diagnostics::LeaseWatch leases;
+  // Server hold time of this loop's clients that have closed, per application_name (the live
+  // ones keep their own); read by the metrics gather task on this loop. Touched only on `loop`.
+  std::map<std::string, double> closed_app_hold_s;
   // When this loop last ran the janitor's periodic task (steady clock, ns since its epoch):
   // written on `loop`, read by the HTTP thread, which reports the loop stalled after 2 s.
   std::atomic<int64_t> heartbeat_ns{
@@ -59,7 +66,6 @@ struct SessionContext {
   AdminHandler* admin = nullptr;
   std::vector<std::unique_ptr<LoopClients>> loops;  // indexed by EventLoop::index()
   std::atomic<int> client_count{0};                 // for max_client_conn
-  std::atomic<bool> paused{false};
   std::atomic<bool> shutting_down{false};
   std::atomic<uint64_t> next_client_id{1};
 };

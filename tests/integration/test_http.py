@@ -5,6 +5,7 @@ sluice only: PgBouncer 1.18 has no HTTP endpoints.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -189,6 +190,32 @@ def test_readyz_503_while_shutting_down(poolers):
     p.wait_exit(15)
 
 
+def test_readyz_503_while_paused_or_disabled(poolers):
+    p = start(poolers)
+    with p.connect() as c:
+        c.execute("SELECT 1")
+        assert get_json(p.http_port, "/readyz")[0] == 200
+        p.admin("PAUSE")
+        status, body = get_json(p.http_port, "/readyz")
+        assert (status, body["status"], body.get("paused")) == (503, "unavailable", True), body
+        assert body["pools"][0]["paused"] is True, body
+        assert get_json(p.http_port, "/health")[0] == 200  # alive, just not ready
+        p.admin("RESUME")
+        status, body = get_json(p.http_port, "/readyz")
+        assert (status, body["status"]) == (200, "ok") and "paused" not in body, body
+        # One database paused or disabled: not ready either, and the pool says why.
+        p.admin("PAUSE appdb")
+        status, body = get_json(p.http_port, "/readyz")
+        assert status == 503 and body["pools"][0]["paused"] is True, body
+        p.admin("RESUME appdb")
+        p.admin("DISABLE appdb")
+        status, body = get_json(p.http_port, "/readyz")
+        assert status == 503 and body["pools"][0]["disabled"] is True, body
+        p.admin("ENABLE appdb")
+        assert get_json(p.http_port, "/readyz")[0] == 200
+        assert c.execute("SELECT 2").fetchone() == (2,)
+
+
 # ---- ops_allow --------------------------------------------------------------------------------
 
 def test_ops_allow_refuses_peers_outside_it(poolers):
@@ -355,3 +382,84 @@ def test_http_listen_in_use_fails_startup(poolers):
         with pytest.raises(AssertionError) as e:
             p.start(timeout=5)
         assert f"http_listen = 127.0.0.1:{port}" in str(e.value), e.value
+
+
+# ---- ops_allow from a real non-loopback address -------------------------------------------------
+
+def _local_ipv4() -> str | None:
+    """A non-loopback IPv4 address of this machine (from `hostname -I`), or None."""
+    import subprocess
+    try:
+        out = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for addr in out.split():
+        if "." in addr and not addr.startswith("127."):
+            return addr
+    return None
+
+
+def test_ops_allow_refuses_a_non_loopback_peer(poolers):
+    addr = _local_ipv4()
+    if addr is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    port = free_port()
+    p = poolers(settings={"http_listen": f"0.0.0.0:{port}", "ops_allow": "127.0.0.1/32"})
+    # Connecting to our own non-loopback address makes it the peer address too.
+    for path in ("/readyz", "/metrics"):
+        status, body = get_json(port, path, host=addr)
+        assert status == 403 and f"{addr} is not in ops_allow" in body["error"], (path, body)
+        assert get(port, path)[0] == 200  # loopback is allowed
+    assert get_json(port, "/health", host=addr) == (200, {"status": "ok"})  # open to all
+    p.rewrite(settings={"ops_allow": f"127.0.0.1/32, {addr}/32"})
+    wait_until(lambda: get(port, "/metrics", host=addr)[0] == 200, 10,
+               what="the address allowed after a reload")
+
+
+# ---- errors, timeouts, hold warnings and per-application hold time in /metrics ----------------
+
+def test_metrics_count_errors_by_sqlstate_and_timeouts_by_kind(poolers):
+    p = start(poolers, idle_transaction_timeout=0.5)
+    db = {"database": "appdb", "user": "sluice_md5"}
+    c = p.connect(application_name="err_app")
+    try:
+        for _ in range(2):
+            with pytest.raises(psycopg.errors.SyntaxError):
+                c.execute("SELEC 1")
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            c.execute("SELECT 1/0")
+        c.execute("BEGIN")
+        c.execute("SELECT 1")
+        # Idle in the transaction past idle_transaction_timeout: sluice closes it (25P03).
+        wait_until(lambda: value(scrape(p), "sluice_pool_timeouts_total",
+                                 kind="idle_transaction_timeout", **db) == 1, 10,
+                   what="the idle_transaction_timeout to be counted")
+    finally:
+        with contextlib.suppress(psycopg.Error):
+            c.close()  # sluice closed it already
+    m = scrape(p)
+    assert value(m, "sluice_pool_errors_total", sqlstate="42601", source="server", **db) == 2
+    assert value(m, "sluice_pool_errors_total", sqlstate="22012", source="server", **db) == 1
+    assert value(m, "sluice_pool_errors_total", sqlstate="25P03", source="sluice", **db) == 1
+    assert value(m, "sluice_pool_timeouts_total", kind="query_timeout", **db) == 0
+    assert value(m, "sluice_client_disconnects_total", reason="idle_transaction_timeout",
+                 **db) == 1
+    # Hold time stays counted for the application after its client closed.
+    assert value(m, "sluice_app_server_hold_seconds_total", application_name="err_app") >= 0.5
+
+
+def test_query_wait_timeout_is_its_own_reason_and_timeout_kind(poolers):
+    p = start(poolers, default_pool_size=1, query_wait_timeout=0.5)
+    db = {"database": "appdb", "user": "sluice_md5"}
+    with p.connect() as holder, p.connect() as waiter:
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1")
+        with pytest.raises(psycopg.OperationalError) as e:
+            waiter.execute("SELECT 2")
+        assert "query_wait_timeout" in str(e.value), e.value
+        holder.execute("COMMIT")
+    m = wait_until(lambda: (lambda m: m if value(m, "sluice_pool_timeouts_total",
+                                                 kind="query_wait_timeout", **db) == 1 else None)(
+        scrape(p)), 10, what="query_wait_timeout counted")
+    assert value(m, "sluice_client_disconnects_total", reason="query_wait_timeout", **db) == 1
+    assert value(m, "sluice_pool_errors_total", sqlstate="57014", source="sluice", **db) == 1

@@ -4,6 +4,7 @@ and the pool monitor's log line."""
 from __future__ import annotations
 
 import re
+import threading
 import time
 
 import psycopg
@@ -125,3 +126,21 @@ def test_monitor_logs_each_pool_and_escalates(poolers):
                           r"active 1, waiting 0, utilization 100%")
         wait_until(lambda: warn.search(p.log()), 5, what="the monitor's warning")
         c.execute("COMMIT")
+
+
+@pytest.mark.sluice_only(reason="the pool monitor is sluice's (issue 5)")
+def test_monitor_warns_when_a_client_waits(poolers):
+    # utilization 100% is not above 100: only the waiting client can make the line a warning.
+    p = poolers(settings={"monitor_interval": 0.5, "default_pool_size": 1,
+                          "monitor_warn_utilization": 100})
+    with p.connect() as holder, p.connect() as waiter:
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1")
+        t = threading.Thread(target=lambda: waiter.execute("SELECT 2"), daemon=True)
+        t.start()
+        warn = re.compile(r"warn(ing)? monitor: pool appdb/sluice_md5: total 1, idle 0, "
+                          r"active 1, waiting 1, utilization 100%")
+        wait_until(lambda: warn.search(p.log()), 5, what="the monitor's warning for a waiter")
+        holder.execute("COMMIT")
+        t.join(10)
+    assert not re.search(r"warn(ing)? monitor: .*waiting 0, utilization 100%", p.log()), p.log()
