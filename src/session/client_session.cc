@@ -23,8 +23,6 @@ namespace {
 constexpr size_t kReadChunk = size_t{16} * 1024;
 constexpr size_t kHighWatermark = size_t{512} * 1024;  // client write buffer that pauses the server
 constexpr size_t kLowWatermark = size_t{64} * 1024;
-// A server idle at least this long is peeked at (recv MSG_PEEK) before it is handed over.
-constexpr auto kPeekAfterIdle = std::chrono::milliseconds(500);
 
 ErrorInfo makeError(const char* sqlstate, std::string message, const char* severity = "ERROR") {
   ErrorInfo e;
@@ -779,11 +777,9 @@ void ClientSession::onServerAssigned(std::shared_ptr<pool::ServerConn> server) {
 }
 
 void ClientSession::attachServer(std::shared_ptr<pool::ServerConn> server, TimePoint t) {
-  // PostgreSQL may have ended it while it sat in the pool (restart, pg_terminate_backend) and the
-  // idle watch not have seen it yet: nothing of this client's was sent, so take another. The
-  // peek is a syscall, so a server that was in use moments ago (its idle watch had every chance
-  // to see a FATAL) skips it.
-  if (t - server->lastUsed() >= kPeekAfterIdle && !server->looksAlive()) {
+  if (!server->looksAlive()) {
+    // PostgreSQL ended it while it sat in the pool (restart, pg_terminate_backend) and the idle
+    // watch has not seen it yet: nothing of this client's was sent, so take another.
     server->close("found closed by the server when taken from the pool");
     acquireServer();
     return;
