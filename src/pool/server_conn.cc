@@ -3,11 +3,16 @@
 #include <fmt/format.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <sys/un.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <cstring>
+#include <thread>
 
 #include "common/log.h"
 #include "pool/pool.h"
@@ -28,15 +33,11 @@ struct ServerConn::ScramState {
 };
 
 ServerConn::ServerConn(Pool* pool, net::EventLoop* loop, uint64_t id)
-    : pool_(pool),
-      loop_(loop),
-      id_(id),
-      socket_(loop->context()),
-      timer_(loop->context()),
-      created_at_(now()),
-      last_used_(created_at_) {}
+    : pool_(pool), loop_(loop), id_(id), created_at_(now()), last_used_(created_at_) {}
 
-ServerConn::~ServerConn() = default;
+ServerConn::~ServerConn() {
+  if (fd_ >= 0) ::close(fd_);  // only when its loop ended before the connection did
+}
 
 std::string ServerConn::describe() const {
   return fmt::format("[S{} {}/{}@{}:{} pid={}]", id_, login_.dbname, login_.user,
@@ -44,110 +45,160 @@ std::string ServerConn::describe() const {
                      backend_pid_);
 }
 
+namespace {
+std::string serverWhere(const ServerLogin& l) {
+  return fmt::format("{}:{}", l.host.empty() ? l.unix_dir : l.host, l.port);
+}
+}  // namespace
+
 void ServerConn::connect(const ServerLogin& login, std::function<void(Status, std::string)> done) {
   login_ = login;
   login_done_ = std::move(done);
   state_ = State::kLogin;
   auto self = shared_from_this();
-  timer_.expires_after(login_.connect_timeout);
-  timer_.async_wait([self](const asio::error_code& ec) {
-    if (ec || self->state_ != State::kLogin) return;
-    self->fail(fmt::format("server_connect_timeout ({} s) expired while connecting to {}:{}",
-                           self->login_.connect_timeout.count() / 1000.0,
-                           self->login_.host.empty() ? self->login_.unix_dir : self->login_.host,
-                           self->login_.port),
+  timer_ = loop_->runAfter(login_.connect_timeout, [self] {
+    self->timer_ = 0;
+    if (self->state_ != State::kLogin) return;
+    self->fail(fmt::format("server_connect_timeout ({} s) expired while connecting to {}",
+                           self->login_.connect_timeout.count() / 1000.0, serverWhere(self->login_)),
                sqlstate::kConnectionFailure);
   });
 
-  auto on_connected = [self](const asio::error_code& ec) {
-    if (self->state_ != State::kLogin) return;
-    if (ec) {
-      self->fail(fmt::format("could not connect to server {}:{}: {}",
-                             self->login_.host.empty() ? self->login_.unix_dir : self->login_.host,
-                             self->login_.port, ec.message()),
-                 sqlstate::kConnectionFailure);
-      return;
-    }
-    std::vector<std::pair<std::string, std::string>> params = {{"user", self->login_.user},
-                                                               {"database", self->login_.dbname}};
-    for (const auto& p : self->login_.startup_params) params.push_back(p);
-    std::string pkt;
-    protocol::appendStartup(pkt, params);
-    self->send(pkt);
-    self->startRead();
-  };
-
+  sockaddr_storage ss{};
+  socklen_t len = 0;
   if (login_.host.empty() || login_.host[0] == '/') {
     std::string dir = login_.host.empty() ? login_.unix_dir : login_.host;
     std::string path = fmt::format("{}/.s.PGSQL.{}", dir, login_.port);
-    asio::local::stream_protocol::endpoint ep(path);
-    socket_.async_connect(asio::generic::stream_protocol::endpoint(ep.data(), ep.size()),
-                          on_connected);
-    return;
+    auto* un = reinterpret_cast<sockaddr_un*>(&ss);
+    if (path.size() >= sizeof un->sun_path) {
+      return postFail("unix socket path too long: " + path);
+    }
+    un->sun_family = AF_UNIX;
+    std::memcpy(un->sun_path, path.c_str(), path.size() + 1);
+    return connectTo(ss, socklen_t(offsetof(sockaddr_un, sun_path) + path.size() + 1));
   }
-  asio::error_code ec;
-  auto addr = asio::ip::make_address(login_.host, ec);
-  auto connect_tcp = [self, on_connected](const asio::ip::tcp::endpoint& ep) {
-    asio::generic::stream_protocol::endpoint gep(ep.data(), ep.size());
-    self->socket_.async_connect(gep, [self, on_connected](const asio::error_code& ec) {
-      if (!ec) {
-        int one = 1;
-        ::setsockopt(self->socket_.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  auto* in4 = reinterpret_cast<sockaddr_in*>(&ss);
+  auto* in6 = reinterpret_cast<sockaddr_in6*>(&ss);
+  if (::inet_pton(AF_INET, login_.host.c_str(), &in4->sin_addr) == 1) {
+    in4->sin_family = AF_INET;
+    in4->sin_port = htons(uint16_t(login_.port));
+    return connectTo(ss, sizeof(sockaddr_in));
+  }
+  if (::inet_pton(AF_INET6, login_.host.c_str(), &in6->sin6_addr) == 1) {
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons(uint16_t(login_.port));
+    return connectTo(ss, sizeof(sockaddr_in6));
+  }
+  // A host name: getaddrinfo() blocks, so it runs on a thread of its own and the connect
+  // continues on this loop.
+  (void)len;
+  net::EventLoop* loop = loop_;
+  std::thread([self, loop, host = login_.host, port = login_.port] {
+    addrinfo hints{};
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* res = nullptr;
+    int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res);
+    sockaddr_storage found{};
+    socklen_t found_len = 0;
+    std::string err;
+    if (rc == 0 && res != nullptr && res->ai_addrlen <= sizeof found) {
+      std::memcpy(&found, res->ai_addr, res->ai_addrlen);
+      found_len = res->ai_addrlen;
+    } else {
+      err = rc != 0 ? ::gai_strerror(rc) : "no addresses";
+    }
+    if (res != nullptr) ::freeaddrinfo(res);
+    loop->post([self, found, found_len, err] {
+      if (self->state_ != State::kLogin) return;
+      if (!err.empty()) {
+        self->fail(fmt::format("could not resolve server host \"{}\": {}", self->login_.host, err),
+                   sqlstate::kConnectionFailure);
+        return;
       }
-      on_connected(ec);
+      self->connectTo(found, found_len);
     });
-  };
-  if (!ec) {
-    connect_tcp(asio::ip::tcp::endpoint(addr, uint16_t(login_.port)));
-    return;
+  }).detach();
+}
+
+void ServerConn::postFail(std::string why) {
+  auto self = shared_from_this();
+  loop_->post([self, why = std::move(why)] {
+    if (self->state_ == State::kLogin) self->fail(why, sqlstate::kConnectionFailure);
+  });
+}
+
+void ServerConn::connectTo(const sockaddr_storage& addr, socklen_t len) {
+  fd_ = ::socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd_ < 0) {
+    return postFail(fmt::format("could not create a socket for server {}: {}", serverWhere(login_),
+                                std::strerror(errno)));
   }
-  auto resolver = std::make_shared<asio::ip::tcp::resolver>(loop_->context());
-  resolver->async_resolve(
-      login_.host, std::to_string(login_.port),
-      [self, resolver, connect_tcp](const asio::error_code& ec,
-                                    asio::ip::tcp::resolver::results_type results) {
-        if (self->state_ != State::kLogin) return;
-        if (ec || results.empty()) {
-          self->fail(fmt::format("could not resolve server host \"{}\": {}", self->login_.host,
-                                 ec ? ec.message() : "no addresses"),
-                     sqlstate::kConnectionFailure);
-          return;
-        }
-        connect_tcp(results.begin()->endpoint());
-      });
+  if (addr.ss_family != AF_UNIX) {
+    int one = 1;
+    ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
+  int rc = ::connect(fd_, reinterpret_cast<const sockaddr*>(&addr), len);
+  if (rc != 0 && errno != EINPROGRESS) {
+    return postFail(fmt::format("could not connect to server {}: {}", serverWhere(login_),
+                                std::strerror(errno)));
+  }
+  slot_ = loop_->add(fd_, this, shared_from_this());
+  connecting_ = true;
+  loop_->wantWrite(slot_);
 }
 
 // Writes go straight to the socket (net::Outbox); see ClientSession::send. A failure found while
 // another component's handler is on the stack is reported from a fresh handler.
 void ServerConn::send(std::string_view bytes) {
   if (state_ == State::kClosed) return;
-  if (write_in_flight_) {
+  if (write_in_flight_ || connecting_) {
     outbox_.queue(bytes);
     return;
   }
-  afterWrite(outbox_.write(socket_.native_handle(), bytes));
+  afterWrite(outbox_.write(fd_, bytes));
 }
 
 void ServerConn::afterWrite(net::Outbox::Result r) {
   if (r == net::Outbox::Result::kDone) return;
   write_in_flight_ = true;
-  auto self = shared_from_this();
   if (r == net::Outbox::Result::kError) {
-    loop_->post([self] { self->onWritable({}); });
+    auto self = shared_from_this();
+    loop_->post([self] {
+      if (self->state_ == State::kClosed || self->slot_ == nullptr) return;
+      self->onWritable();  // flush() reports the error again there
+    });
     return;
   }
-  socket_.async_wait(Socket::wait_write,
-                     [self](const asio::error_code& ec) { self->onWritable(ec); });
+  net::EventLoop::full(slot_);
+  loop_->wantWrite(slot_);
 }
 
-void ServerConn::onWritable(const asio::error_code& ec) {
-  if (ec == asio::error::operation_aborted) return;  // see onRead
-  write_in_flight_ = false;
+void ServerConn::onWritable() {
   if (state_ == State::kClosed) return;
-  auto r = ec ? net::Outbox::Result::kError : outbox_.flush(socket_.native_handle());
+  if (connecting_) {
+    connecting_ = false;
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (::getsockopt(fd_, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+    if (err != 0) {
+      fail(fmt::format("could not connect to server {}: {}", serverWhere(login_),
+                       std::strerror(err)),
+           sqlstate::kConnectionFailure);
+      return;
+    }
+    std::vector<std::pair<std::string, std::string>> params = {{"user", login_.user},
+                                                               {"database", login_.dbname}};
+    for (const auto& p : login_.startup_params) params.push_back(p);
+    std::string pkt;
+    protocol::appendStartup(pkt, params);
+    send(pkt);
+    startRead();
+    return;
+  }
+  write_in_flight_ = false;
+  auto r = outbox_.flush(fd_);
   if (r == net::Outbox::Result::kError) {
-    fail("could not send data to server: " +
-             (ec ? ec.message() : std::string(std::strerror(outbox_.error()))),
+    fail("could not send data to server: " + std::string(std::strerror(outbox_.error())),
          sqlstate::kConnectionFailure);
     return;
   }
@@ -155,38 +206,36 @@ void ServerConn::onWritable(const asio::error_code& ec) {
 }
 
 void ServerConn::startRead() {
-  if (read_in_flight_ || state_ == State::kClosed) return;
+  if (read_in_flight_ || state_ == State::kClosed || slot_ == nullptr) return;
   read_in_flight_ = true;
-  auto self = shared_from_this();
-  // Wait for readability, then recv(): an async read would first try a speculative recv() that
-  // fails with EAGAIN on every transaction (the answer is never there yet).
-  socket_.async_wait(Socket::wait_read, [self](const asio::error_code& ec) {
-    if (ec) return self->onRead(ec, 0);
-    char* p = self->in_.prepare(kReadChunk);
-    ssize_t n = ::recv(self->socket_.native_handle(), p, self->in_.writable(), MSG_DONTWAIT);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-      self->read_in_flight_ = false;
-      return self->startRead();
-    }
-    if (n == 0) return self->onRead(asio::error::eof, 0);
-    if (n < 0) return self->onRead(asio::error_code(errno, asio::system_category()), 0);
-    self->onRead({}, size_t(n));
-  });
+  loop_->wantRead(slot_);
 }
 
-void ServerConn::onRead(const asio::error_code& ec, size_t n) {
-  // Cancelled by close() or by a move to another loop: this handler may run on the old loop
-  // while the new one owns the object, so it touches nothing.
-  if (ec == asio::error::operation_aborted) return;
+void ServerConn::onReadable() {
   read_in_flight_ = false;
   if (state_ == State::kClosed) return;
-  if (ec) {
-    fail(ec == asio::error::eof ? "server closed the connection unexpectedly"
-                                : "could not receive data from server: " + ec.message(),
+  char* p = in_.prepare(kReadChunk);
+  size_t room = in_.writable();
+  ssize_t n = ::recv(fd_, p, room, MSG_DONTWAIT);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+    if (errno != EINTR) net::EventLoop::drained(slot_);
+    startRead();
+    return;
+  }
+  if (n > 0 && size_t(n) < room) net::EventLoop::drained(slot_);  // a short read empties it
+  onRead(n, n < 0 ? errno : 0);
+}
+
+// n > 0: bytes read; 0: PostgreSQL closed; < 0: `err` says why.
+void ServerConn::onRead(ssize_t n, int err) {
+  if (state_ == State::kClosed) return;
+  if (n <= 0) {
+    fail(n == 0 ? std::string("server closed the connection unexpectedly")
+                : "could not receive data from server: " + std::string(std::strerror(err)),
          sqlstate::kConnectionFailure);
     return;
   }
-  in_.commit(n);
+  in_.commit(size_t(n));
   if (state_ == State::kLogin) {
     processLogin();
   } else if (state_ == State::kActive) {
@@ -335,7 +384,8 @@ bool ServerConn::handleLoginMessage(char type, std::string_view payload) {
     }
     case 'Z':
       tx_status_ = r.byte();
-      timer_.cancel();
+      loop_->cancelTimer(timer_);
+      timer_ = 0;
       state_ = State::kActive;
       scram_.reset();
       finishLogin(Status::ok(), "");
@@ -501,28 +551,19 @@ void ServerConn::startIdleWatch() {
   startRead();  // servers are few: each keeps its read buffer
 }
 
+// The old loop forgets the descriptor (events it already fetched for it are dropped); the new
+// one registers it again, and epoll reports whatever is already readable.
 void ServerConn::detachFromLoop() {
   state_ = State::kMigrating;
-  timer_.cancel();
-  asio::error_code ec;
-  int fd = socket_.release(ec);
-  if (ec) fd = -1;
-  migrating_fd_ = fd;
+  if (timer_ != 0) loop_->cancelTimer(timer_);
+  timer_ = 0;
+  loop_->remove(slot_);
+  slot_ = nullptr;
 }
 
 void ServerConn::attachToLoop(net::EventLoop* loop) {
   loop_ = loop;
-  timer_ = asio::steady_timer(loop->context());
-  socket_ = Socket(loop->context());
-  if (migrating_fd_ >= 0) {
-    sockaddr_storage ss{};
-    socklen_t len = sizeof ss;
-    ::getsockname(migrating_fd_, reinterpret_cast<sockaddr*>(&ss), &len);
-    int proto = ss.ss_family == AF_UNIX ? 0 : IPPROTO_TCP;
-    asio::error_code ec;
-    socket_.assign(asio::generic::stream_protocol(ss.ss_family, proto), migrating_fd_, ec);
-  }
-  migrating_fd_ = -1;
+  if (fd_ >= 0) slot_ = loop->add(fd_, this, shared_from_this());
   read_in_flight_ = false;
   write_in_flight_ = false;
   state_ = State::kActive;
@@ -555,7 +596,7 @@ void ServerConn::fail(const std::string& why, const std::string& sqlstate) {
 bool ServerConn::looksAlive() const {
   if (state_ == State::kClosed) return false;
   char c;
-  ssize_t n = ::recv(const_cast<Socket&>(socket_).native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  ssize_t n = ::recv(fd_, &c, 1, MSG_PEEK | MSG_DONTWAIT);
   return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
@@ -565,17 +606,16 @@ void ServerConn::close(const std::string& reason) {
       outbox_.empty()) {
     std::string bye;
     protocol::appendTerminate(bye);
-    ::send(socket_.native_handle(), bye.data(), bye.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-  }
-  if (migrating_fd_ >= 0) {
-    ::close(migrating_fd_);
-    migrating_fd_ = -1;
+    ::send(fd_, bye.data(), bye.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
   }
   state_ = State::kClosed;
   SLOG_INFO("{} closing: {} (age {:.1f} s)", describe(), reason, secondsSince(created_at_));
-  asio::error_code ec;
-  timer_.cancel();
-  socket_.close(ec);
+  if (timer_ != 0) loop_->cancelTimer(timer_);
+  timer_ = 0;
+  if (slot_ != nullptr) loop_->remove(slot_);
+  slot_ = nullptr;
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
   pool_->onServerClosed(this);
 }
 

@@ -10,7 +10,7 @@
 #pragma once
 
 #include <array>
-#include <asio.hpp>
+#include <sys/socket.h>
 #include <functional>
 #include <map>
 #include <memory>
@@ -29,7 +29,6 @@
 namespace sluice::pool {
 
 class Pool;
-using Socket = asio::generic::stream_protocol::socket;
 
 // Receives what an active server sends. Implemented by ClientSession; called on the loop thread.
 class ServerListener {
@@ -69,7 +68,7 @@ struct ServerLogin {
   Millis connect_timeout{15000};
 };
 
-class ServerConn : public std::enable_shared_from_this<ServerConn> {
+class ServerConn : public net::IoWatcher, public std::enable_shared_from_this<ServerConn> {
  public:
   enum class State {
     kLogin,      // connecting or authenticating
@@ -131,6 +130,7 @@ class ServerConn : public std::enable_shared_from_this<ServerConn> {
   uint32_t backendPid() const { return backend_pid_; }
   uint32_t backendKey() const { return backend_key_; }
   const ServerLogin& login() const { return login_; }
+  int fd() const { return fd_; }
   TimePoint createdAt() const { return created_at_; }
   TimePoint lastUsed() const { return last_used_; }
   void touch() { last_used_ = now(); }
@@ -140,20 +140,25 @@ class ServerConn : public std::enable_shared_from_this<ServerConn> {
 
  private:
   void startRead();
-  void onRead(const asio::error_code& ec, size_t n);
+  void onReadable() override;  // net::IoWatcher
+  void onWritable() override;
+  void onRead(ssize_t n, int err);
+  void connectTo(const sockaddr_storage& addr, socklen_t len);
+  void postFail(std::string why);  // a login failure reported from a fresh task
   void processLogin();
   void processActive();
   bool handleLoginMessage(char type, std::string_view payload);  // false: stop
   void afterWrite(net::Outbox::Result r);
-  void onWritable(const asio::error_code& ec);
   void fail(const std::string& why, const std::string& sqlstate = {});
   void finishLogin(Status st, const std::string& sqlstate);
 
   Pool* pool_;
   net::EventLoop* loop_;
   uint64_t id_;
-  Socket socket_;
-  asio::steady_timer timer_;
+  int fd_ = -1;
+  net::EventLoop::Slot* slot_ = nullptr;  // registration with loop_ while connected
+  net::EventLoop::TimerId timer_ = 0;     // the login deadline
+  bool connecting_ = false;               // connect() in progress: the first writability ends it
   State state_ = State::kLogin;
   ServerLogin login_;
   std::function<void(Status, std::string)> login_done_;
@@ -182,7 +187,6 @@ class ServerConn : public std::enable_shared_from_this<ServerConn> {
   std::vector<std::pair<std::string, std::string>> welcome_;  // ParameterStatus at login
   uint32_t backend_pid_ = 0;
   uint32_t backend_key_ = 0;
-  int migrating_fd_ = -1;
   TimePoint created_at_;
   TimePoint last_used_;
 };

@@ -208,17 +208,9 @@ void App::acceptUnix(std::shared_ptr<asio::local::stream_protocol::acceptor> acc
 
 void App::handOff(int fd, int family, std::string peer) {
   net::EventLoop* loop = loops_[next_loop_++ % loops_.size()].get();
-  loop->post([this, loop, fd, family, peer = std::move(peer)]() mutable {
-    session::Socket sock(loop->context());
-    asio::error_code ec;
-    sock.assign(asio::generic::stream_protocol(family, family == AF_UNIX ? 0 : IPPROTO_TCP), fd,
-                ec);
-    if (ec) {
-      ::close(fd);
-      return;
-    }
-    auto client =
-        std::make_shared<session::ClientSession>(&ctx_, loop, std::move(sock), std::move(peer));
+  (void)family;  // the session needs only the descriptor
+  loop->post([this, loop, fd, peer = std::move(peer)]() mutable {
+    auto client = std::make_shared<session::ClientSession>(&ctx_, loop, fd, std::move(peer));
     client->start();
   });
 }

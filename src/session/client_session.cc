@@ -1,5 +1,8 @@
 #include "session/client_session.h"
 
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <cstring>
 
 #include <fmt/format.h>
@@ -12,6 +15,7 @@
 #include "protocol/sqlstate.h"
 #include "protocol/tracked_params.h"
 #include "protocol/wire.h"
+#include "session/cancel_forwarder.h"
 
 namespace sluice::session {
 
@@ -35,17 +39,18 @@ ErrorInfo makeError(const char* sqlstate, std::string message, const char* sever
 double secs(Millis m) { return m.count() / 1000.0; }
 }  // namespace
 
-ClientSession::ClientSession(SessionContext* ctx, net::EventLoop* loop, Socket socket,
-                             std::string peer)
+ClientSession::ClientSession(SessionContext* ctx, net::EventLoop* loop, int fd, std::string peer)
     : ctx_(ctx),
       loop_(loop),
-      socket_(std::move(socket)),
+      fd_(fd),
       id_(ctx->next_client_id.fetch_add(1)),
       peer_(std::move(peer)),
       connected_at_(now()),
       last_activity_(connected_at_) {}
 
-ClientSession::~ClientSession() = default;
+ClientSession::~ClientSession() {
+  if (fd_ >= 0) ::close(fd_);  // only when its loop ended before the session did
+}
 
 const config::Settings& ClientSession::settings() const {
   return ctx_->loops[loop_->index()]->cfg->settings;
@@ -62,8 +67,7 @@ std::string ClientSession::prefix() const {
 void ClientSession::start() {
   ctx_->loops[loop_->index()]->clients.insert(this);
   ctx_->client_count.fetch_add(1);
-  asio::error_code ec;
-  socket_.non_blocking(true, ec);  // reads after a readiness wait must never block the loop
+  slot_ = loop_->add(fd_, this, shared_from_this());
   startRead();
 }
 
@@ -74,30 +78,29 @@ void ClientSession::start() {
 void ClientSession::startRead() {
   if (read_in_flight_ || state_ == State::kClosed || close_after_write_) return;
   read_in_flight_ = true;
-  auto self = shared_from_this();
+  loop_->wantRead(slot_);
+}
+
+void ClientSession::onReadable() {
+  read_in_flight_ = false;
+  if (state_ == State::kClosed || close_after_write_) return;
+  char* p;
   if (in_.capacity() == 0) {
-    socket_.async_wait(Socket::wait_read, [self](const asio::error_code& ec) {
-      if (ec || self->state_ == State::kClosed) {
-        self->read_in_flight_ = false;
-        if (!ec) return;
-        return self->onRead(ec, 0);
-      }
-      self->in_.adopt(self->loopState().buffers.take(), net::BufferPool::kSize);
-      asio::error_code rec;
-      size_t n =
-          self->socket_.read_some(asio::buffer(self->in_.prepare(1), self->in_.writable()), rec);
-      if (rec == asio::error::would_block || rec == asio::error::try_again) {
-        self->loopState().buffers.give(self->in_.release());
-        self->read_in_flight_ = false;
-        return self->startRead();
-      }
-      self->onRead(rec, n);
-    });
+    in_.adopt(loopState().buffers.take(), net::BufferPool::kSize);
+    p = in_.prepare(1);
+  } else {
+    p = in_.prepare(kReadChunk);
+  }
+  size_t room = in_.writable();
+  ssize_t n = ::recv(fd_, p, room, MSG_DONTWAIT);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+    if (errno != EINTR) net::EventLoop::drained(slot_);
+    releaseBufferIfDrained();
+    startRead();
     return;
   }
-  char* p = in_.prepare(kReadChunk);
-  socket_.async_read_some(asio::buffer(p, in_.writable()),
-                          [self](const asio::error_code& ec, size_t n) { self->onRead(ec, n); });
+  if (n > 0 && size_t(n) < room) net::EventLoop::drained(slot_);  // a short read empties it
+  onRead(n, n < 0 ? errno : 0);
 }
 
 void ClientSession::releaseBufferIfDrained() {
@@ -110,19 +113,19 @@ void ClientSession::releaseBufferIfDrained() {
 
 LoopClients& ClientSession::loopState() const { return *ctx_->loops[loop_->index()]; }
 
-void ClientSession::onRead(const asio::error_code& ec, size_t n) {
-  read_in_flight_ = false;
+// n > 0: bytes read; 0: the client closed; < 0: `err` says why.
+void ClientSession::onRead(ssize_t n, int err) {
   if (state_ == State::kClosed) return;
   if (close_after_write_) return;  // an error is on its way out; nothing more is read
-  if (ec) {
-    if (ec == asio::error::eof) {
-      closeQuietly(CloseReason::kClientEof);
-    } else {
-      closeQuietly(CloseReason::kClientIoError, "read: " + ec.message());
-    }
+  if (n == 0) {
+    closeQuietly(CloseReason::kClientEof);
     return;
   }
-  in_.commit(n);
+  if (n < 0) {
+    closeQuietly(CloseReason::kClientIoError, std::string("read: ") + std::strerror(err));
+    return;
+  }
+  in_.commit(size_t(n));
   last_activity_ = now();
   switch (state_) {
     case State::kStartup:
@@ -157,40 +160,40 @@ void ClientSession::send(std::string_view bytes) {
     outbox_.queue(bytes);
     return;
   }
-  afterWrite(outbox_.write(socket_.native_handle(), bytes));
+  afterWrite(outbox_.write(fd_, bytes));
 }
 
 void ClientSession::flushWrites() {
   if (write_in_flight_ || state_ == State::kClosed) return;
-  afterWrite(outbox_.flush(socket_.native_handle()));
+  afterWrite(outbox_.flush(fd_));
 }
 
 void ClientSession::afterWrite(net::Outbox::Result r) {
-  auto self = shared_from_this();
   switch (r) {
     case net::Outbox::Result::kDone:
       if (close_after_write_) {
+        auto self = shared_from_this();
         loop_->post([self] { self->closeQuietly(self->close_reason_); });
       }
       return;
     case net::Outbox::Result::kBlocked:
       write_in_flight_ = true;
-      socket_.async_wait(Socket::wait_write, [self](const asio::error_code& ec) {
-        self->onWritable(ec);
-      });
+      net::EventLoop::full(slot_);
+      loop_->wantWrite(slot_);
       return;
-    case net::Outbox::Result::kError:
+    case net::Outbox::Result::kError: {
       write_in_flight_ = true;  // nothing more is written
-      loop_->post([self] { self->onWritable({}); });
+      auto self = shared_from_this();
+      loop_->post([self] { self->onWritable(); });  // flush() reports the error again there
       return;
+    }
   }
 }
 
-void ClientSession::onWritable(const asio::error_code& ec) {
+void ClientSession::onWritable() {
   write_in_flight_ = false;
   if (state_ == State::kClosed) return;
-  net::Outbox::Result r =
-      ec ? net::Outbox::Result::kError : outbox_.flush(socket_.native_handle());
+  net::Outbox::Result r = outbox_.flush(fd_);
   switch (r) {
     case net::Outbox::Result::kDone:
       if (close_after_write_) {
@@ -203,7 +206,7 @@ void ClientSession::onWritable(const asio::error_code& ec) {
       break;
     case net::Outbox::Result::kError:
       closeQuietly(CloseReason::kClientIoError,
-                   "write: " + (ec ? ec.message() : std::string(std::strerror(outbox_.error()))));
+                   std::string("write: ") + std::strerror(outbox_.error()));
       return;
   }
   if (server_ && outbox_.pending() < kLowWatermark) server_->resumeReading();
@@ -282,8 +285,10 @@ void ClientSession::closeQuietly(CloseReason reason, const std::string& detail) 
               stats::closeReasonToken(reason), close_detail_.empty() ? "" : ": ", close_detail_,
               secondsSince(connected_at_), transactions_);
   }
-  asio::error_code ec;
-  socket_.close(ec);
+  loop_->remove(slot_);
+  slot_ = nullptr;
+  ::close(fd_);
+  fd_ = -1;
 }
 
 // ---- startup and authentication ----
@@ -954,15 +959,11 @@ void ClientSession::onCancelRequest() {
   if (!server_ || state_ != State::kActive) return;
   // Forward to PostgreSQL on a connection of its own, with the server's key.
   auto server = server_;
-  const auto& login = server->login();
   ++server->pendingCancels;
-  auto sock = std::make_shared<Socket>(loop_->context());
   auto self = shared_from_this();
-  auto buf = std::make_shared<std::string>();
-  protocol::appendCancelRequest(*buf, server->backendPid(), server->backendKey());
-  auto finish = [self, server, sock](const asio::error_code&) {
-    asio::error_code ec;
-    sock->close(ec);
+  std::string packet;
+  protocol::appendCancelRequest(packet, server->backendPid(), server->backendKey());
+  auto finish = [self, server] {
     if (--server->pendingCancels == 0 && self->release_when_cancelled_) {
       self->release_when_cancelled_ = false;
       if (self->server_ == server && self->serverClean()) {
@@ -972,29 +973,14 @@ void ClientSession::onCancelRequest() {
       }
     }
   };
-  auto on_connect = [sock, buf, finish](const asio::error_code& ec) {
-    if (ec) return finish(ec);
-    asio::async_write(
-        *sock, asio::buffer(*buf), [sock, buf, finish](const asio::error_code& ec, size_t) {
-          if (ec) return finish(ec);
-          // PostgreSQL closes the connection once it has processed the request.
-          auto byte = std::make_shared<char>();
-          sock->async_read_some(asio::buffer(byte.get(), 1),
-                                [finish, byte](const asio::error_code& ec, size_t) { finish(ec); });
-        });
-  };
-  if (login.host.empty() || login.host[0] == '/') {
-    std::string dir = login.host.empty() ? login.unix_dir : login.host;
-    asio::local::stream_protocol::endpoint ep(fmt::format("{}/.s.PGSQL.{}", dir, login.port));
-    sock->async_connect(asio::generic::stream_protocol::endpoint(ep.data(), ep.size()), on_connect);
-  } else {
-    // Connect to the address the server connection itself uses.
-    asio::error_code ec;
-    auto addr = asio::ip::make_address(login.host, ec);
-    if (ec) addr = asio::ip::make_address("127.0.0.1");
-    asio::ip::tcp::endpoint ep(addr, uint16_t(login.port));
-    sock->async_connect(asio::generic::stream_protocol::endpoint(ep.data(), ep.size()), on_connect);
+  // To the address the server connection itself uses.
+  sockaddr_storage peer{};
+  socklen_t len = sizeof peer;
+  if (::getpeername(server->fd(), reinterpret_cast<sockaddr*>(&peer), &len) != 0) {
+    loop_->post(std::move(finish));
+    return;
   }
+  CancelForwarder::start(loop_, peer, len, std::move(packet), std::move(finish));
 }
 
 // ---- timeouts (per-loop janitor) ----

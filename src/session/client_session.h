@@ -9,7 +9,6 @@
 // statement mode the server goes back to the pool there; in session mode at disconnect.
 #pragma once
 
-#include <asio.hpp>
 #include <map>
 #include <memory>
 #include <optional>
@@ -29,10 +28,9 @@
 
 namespace sluice::session {
 
-using Socket = asio::generic::stream_protocol::socket;
-
 class ClientSession : public pool::PoolClient,
                       public pool::ServerListener,
+                      public net::IoWatcher,
                       public std::enable_shared_from_this<ClientSession> {
  public:
   enum class State {
@@ -46,7 +44,8 @@ class ClientSession : public pool::PoolClient,
     kClosed,
   };
 
-  ClientSession(SessionContext* ctx, net::EventLoop* loop, Socket socket, std::string peer);
+  // Takes ownership of `fd` (a connected socket).
+  ClientSession(SessionContext* ctx, net::EventLoop* loop, int fd, std::string peer);
   ~ClientSession() override;
   void start();
 
@@ -100,11 +99,12 @@ class ClientSession : public pool::PoolClient,
   void startRead();
   void releaseBufferIfDrained();
   LoopClients& loopState() const;
-  void onRead(const asio::error_code& ec, size_t n);
+  void onReadable() override;  // net::IoWatcher
+  void onWritable() override;
+  void onRead(ssize_t n, int err);
   void send(std::string_view bytes);
   void flushWrites();
   void afterWrite(net::Outbox::Result r);
-  void onWritable(const asio::error_code& ec);
   void closeQuietly(stats::CloseReason reason, const std::string& detail = "");
 
   void processStartup();
@@ -128,7 +128,8 @@ class ClientSession : public pool::PoolClient,
 
   SessionContext* ctx_;
   net::EventLoop* loop_;
-  Socket socket_;
+  int fd_;
+  net::EventLoop::Slot* slot_ = nullptr;  // registration with loop_ (from start() to close)
   uint64_t id_;
   std::string peer_;
   State state_ = State::kStartup;
