@@ -181,7 +181,7 @@ class ServerStatements {
   using Lru = std::list<Entry>;  // front: least recently used
 
   static KeyView keyOf(const StatementDef& d) { return {d.query, d.params, d.hash}; }
-  Lru::iterator find(const StatementDef& def);  // lru_.end() if not prepared here
+  Lru::iterator find(const StatementDef& def);          // lru_.end() if not prepared here
   Entry* entry(const StatementDef& def, uint64_t seq);  // also set aside; nullptr if gone
   void touch(Lru::iterator e);
   // The caller made room. `parsed_by`: StatementDef::id of the client Parse sent for it, or 0.

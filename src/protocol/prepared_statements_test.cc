@@ -65,7 +65,8 @@ std::string Flush() { return message('H', ""); }
 std::string Query(std::string_view sql) { return message('Q', cstr(sql)); }
 // What sluice sends for a Parse it makes on the server: the Parse, then a Describe that tells the
 // statement's result type (its answer is not shown to the client).
-std::string Prepare(std::string_view sname, std::string_view query, std::vector<uint32_t> oids = {}) {
+std::string Prepare(std::string_view sname, std::string_view query,
+                    std::vector<uint32_t> oids = {}) {
   return Parse(sname, query, std::move(oids)) + DescribeS(sname);
 }
 // The same for a statement the client knows the result type of, followed by a Flush: the client's
@@ -116,8 +117,9 @@ std::string Rows(std::string_view query) { return Row(query) + Complete("SELECT 
 // PostgreSQL's error for a statement whose result type changed, with the routine that asyncpg
 // recognizes it by.
 std::string ResultTypeChanged() {
-  return message('E', "SERROR\0VERROR\0C0A000\0Mcached plan must not change result type\0"
-                      "Fplancache.c\0RRevalidateCachedQuery\0\0"s);
+  return message('E',
+                 "SERROR\0VERROR\0C0A000\0Mcached plan must not change result type\0"
+                 "Fplancache.c\0RRevalidateCachedQuery\0\0"s);
 }
 
 // Renders a byte stream message by message, so a golden mismatch reads like a protocol trace.
@@ -677,8 +679,8 @@ TEST_F(PreparedStatementsTest, NamedParseIsRenamedOnTheServer) {
   EXPECT_STREAM(
       t.roundTrip(Parse("s1", "SELECT 1", {23}) + Bind("", "s1", {"7"}) + Execute() + Sync()),
       ParseComplete() + BindComplete() + Rows("SELECT 1") + Ready('I'));
-  EXPECT_STREAM(t.to_server, Prepare("sluice_s1", "SELECT 1", {23}) +
-                                 Bind("", "sluice_s1", {"7"}) + Execute() + Sync());
+  EXPECT_STREAM(t.to_server, Prepare("sluice_s1", "SELECT 1", {23}) + Bind("", "sluice_s1", {"7"}) +
+                                 Execute() + Sync());
   EXPECT_TRUE(x.pg.has("sluice_s1"));
   EXPECT_FALSE(x.pg.has("s1"));
   EXPECT_EQ(x.statements.serverName(*a.statements.find("s1")), "sluice_s1");
@@ -719,8 +721,8 @@ TEST_F(PreparedStatementsTest, DescribeOfAStatementParsedInAnEarlierTransaction)
   }
   Attachment t(a, y);
   EXPECT_STREAM(t.roundTrip(DescribeS("s1") + Sync()), ParamDesc({23}) + RowDesc() + Ready('I'));
-  EXPECT_STREAM(t.to_server, PrepareAndCheck("sluice_s1", "SELECT $1", {23}) +
-                                 DescribeS("sluice_s1") + Sync());
+  EXPECT_STREAM(t.to_server,
+                PrepareAndCheck("sluice_s1", "SELECT $1", {23}) + DescribeS("sluice_s1") + Sync());
   expectLikeDirect(a);
 }
 
@@ -1008,11 +1010,10 @@ TEST_F(PreparedStatementsTest, PipelinedBatchesOnAServerLackingTheStatement) {
   // Each batch prepares it again: an unanswered Parse from an earlier batch might fail for a
   // reason that no longer holds (an aborted transaction rolled back in between), and PostgreSQL
   // would then run the later batch. The older copies are closed afterwards.
-  EXPECT_STREAM(t.to_server, Prepare("sluice_s1", "SELECT 1") + Bind("", "sluice_s1") +
-                                 Execute() + Sync() + Prepare("sluice_s2", "SELECT 1") +
-                                 Bind("", "sluice_s2") + Execute() + Sync() +
-                                 Prepare("sluice_s3", "SELECT 1") + Bind("", "sluice_s3") +
-                                 Execute() + Sync());
+  EXPECT_STREAM(t.to_server, Prepare("sluice_s1", "SELECT 1") + Bind("", "sluice_s1") + Execute() +
+                                 Sync() + Prepare("sluice_s2", "SELECT 1") + Bind("", "sluice_s2") +
+                                 Execute() + Sync() + Prepare("sluice_s3", "SELECT 1") +
+                                 Bind("", "sluice_s3") + Execute() + Sync());
   EXPECT_TRUE(t.rw.idle());
   size_t sent = t.to_server.size();
   EXPECT_STREAM(t.roundTrip(batch), once);
@@ -1183,8 +1184,8 @@ TEST_F(PreparedStatementsTest, InjectedParseErrorIsTheErrorOfTheMessageThatNeede
   // the held message goes out as it is while the server skips to the Sync.
   EXPECT_STREAM(t.to_server, PrepareAndCheck("sluice_s1", "SELECT * FROM t") + Bind("", "s1") +
                                  Execute() + Sync() +
-                                 PrepareAndCheck("sluice_s2", "SELECT * FROM t") +
-                                 DescribeS("s1") + Sync());
+                                 PrepareAndCheck("sluice_s2", "SELECT * FROM t") + DescribeS("s1") +
+                                 Sync());
   EXPECT_EQ(y.statements.size(), 0u);
   expectLikeDirect(a);
   // CREATE TABLE t again: the next use prepares it again.
@@ -1235,7 +1236,8 @@ TEST_F(PreparedStatementsTest, CachedPlanMustNotChangeResultTypeLikePostgres) {
   size_t sent = t.to_server.size();
   EXPECT_STREAM(t.roundTrip(run), ResultTypeChanged() + Ready('I'));
   EXPECT_STREAM(t.to_server.substr(sent),
-                message('C', "Ssluice_s1\0"s) + PrepareAndCheck("sluice_s2", "SELECT * FROM altered") +
+                message('C', "Ssluice_s1\0"s) +
+                    PrepareAndCheck("sluice_s2", "SELECT * FROM altered") +
                     Parse("sluice_refused", "sluice: cached plan must not change result type") +
                     Bind("", "sluice_s2") + Execute() + Sync());
   EXPECT_EQ(x.pg.executed, 0);
@@ -1264,31 +1266,30 @@ TEST_F(PreparedStatementsTest, AnotherClientsRetryDoesNotChangeMyResultType) {
   std::string describe_and_run = ParamDesc() + AlteredDesc(0) + BindComplete() + Rows(q);
   {
     Attachment t(a, x);
-    EXPECT_STREAM(t.roundTrip(Parse("sa", q) + DescribeS("sa") + Bind("", "sa") + Execute() +
-                              Sync()),
-                  ParseComplete() + describe_and_run + Ready('I'));
+    EXPECT_STREAM(
+        t.roundTrip(Parse("sa", q) + DescribeS("sa") + Bind("", "sa") + Execute() + Sync()),
+        ParseComplete() + describe_and_run + Ready('I'));
   }
   {
     Attachment t(b, x);  // answered from the cache
-    EXPECT_STREAM(t.roundTrip(Parse("sb", q) + DescribeS("sb") + Bind("", "sb") + Execute() +
-                              Sync()),
-                  ParseComplete() + describe_and_run + Ready('I'));
+    EXPECT_STREAM(
+        t.roundTrip(Parse("sb", q) + DescribeS("sb") + Bind("", "sb") + Execute() + Sync()),
+        ParseComplete() + describe_and_run + Ready('I'));
     ++db.schema_version;  // ALTER TABLE altered ADD COLUMN c1 int, in another session
-    EXPECT_STREAM(t.roundTrip(Bind("", "sb") + Execute() + Sync()), ResultTypeChanged() + Ready('I'));
-    EXPECT_STREAM(t.roundTrip(Parse("sb2", q) + DescribeS("sb2") + Bind("", "sb2") + Execute() +
-                              Sync()),
-                  ParseComplete() + ParamDesc() + AlteredDesc(1) + BindComplete() + Rows(q) +
-                      Ready('I'));
+    EXPECT_STREAM(t.roundTrip(Bind("", "sb") + Execute() + Sync()),
+                  ResultTypeChanged() + Ready('I'));
+    EXPECT_STREAM(
+        t.roundTrip(Parse("sb2", q) + DescribeS("sb2") + Bind("", "sb2") + Execute() + Sync()),
+        ParseComplete() + ParamDesc() + AlteredDesc(1) + BindComplete() + Rows(q) + Ready('I'));
   }
   int executed = x.pg.executed;
   Attachment t(a, x);
   EXPECT_STREAM(t.roundTrip(Bind("", "sa") + Execute() + Sync()), ResultTypeChanged() + Ready('I'));
   EXPECT_EQ(x.pg.executed, executed);
   // a prepares again (asyncpg does so by itself on this error) and gets the new type.
-  EXPECT_STREAM(t.roundTrip(Parse("sa2", q) + DescribeS("sa2") + Bind("", "sa2") + Execute() +
-                            Sync()),
-                ParseComplete() + ParamDesc() + AlteredDesc(1) + BindComplete() + Rows(q) +
-                    Ready('I'));
+  EXPECT_STREAM(
+      t.roundTrip(Parse("sa2", q) + DescribeS("sa2") + Bind("", "sa2") + Execute() + Sync()),
+      ParseComplete() + ParamDesc() + AlteredDesc(1) + BindComplete() + Rows(q) + Ready('I'));
   // b's new statement still runs.
   Attachment tb(b, x);
   EXPECT_STREAM(tb.roundTrip(Bind("", "sb2") + Execute() + Sync()),
