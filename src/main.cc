@@ -5,6 +5,7 @@
 
 #include "config/config.h"
 #include "server/app.h"
+#include "tools/check.h"
 #include "tools/stress.h"
 
 int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape): CLI11 parse errors exit
@@ -39,9 +40,25 @@ int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape): CLI11 p
                    "milliseconds a connection may take to log in and run its query")
       ->capture_default_str();
 
+  sluice::tools::CheckOptions co;
+  auto* sizing = cli.add_subcommand(
+      "check",
+      "validate CONFIG, read each database's connection limits, print a sizing report; exit 1 "
+      "when the pools can exhaust a database");
+  sizing->add_option("config", co.config_path, "path to the configuration file")->required();
+  sizing->add_option("--instances", co.instances, "sluice processes sharing these databases")
+      ->capture_default_str();
+  bool no_connect = false;
+  sizing->add_flag("--no-connect", no_connect, "do not connect: config arithmetic only");
+  sizing->add_option("--timeout", co.timeout_ms, "milliseconds per database connection")
+      ->capture_default_str();
   CLI11_PARSE(cli, argc, argv);
 
   if (stress->parsed()) return sluice::tools::runStress(so);
+  if (sizing->parsed()) {
+    co.connect = !no_connect;
+    return sluice::tools::runCheck(co);
+  }
 
   try {
     if (check->parsed()) {
