@@ -277,10 +277,10 @@ int runStress(const StressOptions& opts) {
     hold = ", inside a transaction";
   }
   std::cout << fmt::format(
-      "sluice stress: {} ({}): {} waves of {} connections, {} ms apart; query: {}{}; timeout {} "
-      "ms\n",
-      url->redacted(), ep->text, opts.waves, opts.requests, opts.delay_ms, opts.query, hold,
-      opts.timeout_ms);
+      "sluice stress: {} ({}): {} of {} connections{}; query: {}{}; timeout {} ms\n",
+      url->redacted(), ep->text, opts.waves == 1 ? "1 wave" : fmt::format("{} waves", opts.waves),
+      opts.requests, opts.waves == 1 ? "" : fmt::format(", {} ms apart", opts.delay_ms), opts.query,
+      hold, opts.timeout_ms);
   std::cout.flush();
 
   WaveRunner runner(opts, *url, *ep, progress);

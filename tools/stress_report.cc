@@ -165,8 +165,9 @@ std::string formatWave(const WaveResult& w, int total_waves) {
 
 std::string formatSummary(const StressSummary& s) {
   double pct = s.requests > 0 ? 100.0 * double(s.failed) / double(s.requests) : 0;
-  std::string out = fmt::format("summary: {} waves, {} requests, {} ok, {} failed ({:.1f}%); {}\n",
-                                s.waves, s.requests, s.ok, s.failed, pct, latencyText(s.latency));
+  std::string out = fmt::format("summary: {} {}, {} requests, {} ok, {} failed ({:.1f}%); {}\n",
+                                s.waves, s.waves == 1 ? "wave" : "waves", s.requests, s.ok,
+                                s.failed, pct, latencyText(s.latency));
   out += failureLines(s.failures);
   return out;
 }

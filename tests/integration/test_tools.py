@@ -72,7 +72,7 @@ def test_stress_saturated_pool_groups_failures_by_sqlstate(poolers, tmp_path):
     states = {g["sqlstate"] for g in wave["failures"]}
     assert states == {"57014"}, wave["failures"]
     assert re.search(r"^\s+\d+ x 57014  .*query_wait_timeout", r.stdout, re.M), r.stdout
-    assert f"summary: 1 waves, 10 requests, {wave['ok']} ok, {wave['failed']} failed" in r.stdout
+    assert f"summary: 1 wave, 10 requests, {wave['ok']} ok, {wave['failed']} failed" in r.stdout
 
 
 def test_stress_client_deadline_is_a_failure_named_by_its_step(poolers):
