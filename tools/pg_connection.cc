@@ -161,7 +161,7 @@ void PgConnection::close() {
   closeSocket();
 }
 
-void PgConnection::abort(std::string message) {
+void PgConnection::abort(std::string_view message) {
   protocol_.onEof(message);
   closeSocket();
 }

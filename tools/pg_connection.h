@@ -46,7 +46,7 @@ class PgConnection {
   // Sends Terminate (best effort, no waiting) and closes.
   void close();
   // Closes with a failure found by the caller (a deadline), unless already failed.
-  void abort(std::string message);
+  void abort(std::string_view message);
 
   ClientProtocol& protocol() { return protocol_; }
   const ClientProtocol& protocol() const { return protocol_; }

@@ -34,6 +34,7 @@ namespace {
 std::vector<FailureGroup> sortedGroups(
     const std::map<std::pair<std::string, std::string>, int64_t>& counts) {
   std::vector<FailureGroup> out;
+  out.reserve(counts.size());
   for (const auto& [key, n] : counts) out.push_back({key.first, key.second, n});
   std::stable_sort(out.begin(), out.end(), [](const FailureGroup& a, const FailureGroup& b) {
     return a.count > b.count;  // ties keep the map's (sqlstate, message) order
