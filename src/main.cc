@@ -5,6 +5,8 @@
 
 #include "config/config.h"
 #include "server/app.h"
+#include "tools/check.h"
+#include "tools/stress.h"
 
 int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape): CLI11 parse errors exit
   CLI::App cli{"sluice: a PostgreSQL connection pooler that ends connection-pool exhaustion"};
@@ -17,7 +19,46 @@ int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape): CLI11 p
   auto* check =
       cli.add_subcommand("check-config", "load and validate CONFIG, print warnings, exit");
   check->add_option("config", config_path, "path to the configuration file")->required();
+
+  sluice::tools::StressOptions so;
+  auto* stress = cli.add_subcommand(
+      "stress", "run waves of concurrent connections against a PostgreSQL endpoint and report");
+  stress->add_option("--url", so.url, "postgres://user:password@host:port/dbname")->required();
+  stress->add_option("--requests", so.requests, "concurrent connections per wave")
+      ->capture_default_str();
+  stress->add_option("--waves", so.waves, "number of waves")->capture_default_str();
+  stress->add_option("--delay", so.delay_ms, "milliseconds between waves")->capture_default_str();
+  stress->add_option("--query", so.query, "SQL each connection runs")->capture_default_str();
+  stress->add_option("--hold-ms", so.hold_ms, "keep each connection this long after the query")
+      ->capture_default_str();
+  stress->add_flag("--in-transaction", so.in_transaction,
+                   "run the query and the hold inside BEGIN ... COMMIT");
+  stress->add_option("--ops", so.ops, "sluice's http_listen (http://host:port): /readyz per wave");
+  stress->add_option("--json", so.json_path, "also write the report as JSON to this file");
+  stress
+      ->add_option("--timeout", so.timeout_ms,
+                   "milliseconds a connection may take to log in and run its query")
+      ->capture_default_str();
+
+  sluice::tools::CheckOptions co;
+  auto* sizing = cli.add_subcommand(
+      "check",
+      "validate CONFIG, read each database's connection limits, print a sizing report; exit 1 "
+      "when the pools can exhaust a database");
+  sizing->add_option("config", co.config_path, "path to the configuration file")->required();
+  sizing->add_option("--instances", co.instances, "sluice processes sharing these databases")
+      ->capture_default_str();
+  bool no_connect = false;
+  sizing->add_flag("--no-connect", no_connect, "do not connect: config arithmetic only");
+  sizing->add_option("--timeout", co.timeout_ms, "milliseconds per database connection")
+      ->capture_default_str();
   CLI11_PARSE(cli, argc, argv);
+
+  if (stress->parsed()) return sluice::tools::runStress(so);
+  if (sizing->parsed()) {
+    co.connect = !no_connect;
+    return sluice::tools::runCheck(co);
+  }
 
   try {
     if (check->parsed()) {

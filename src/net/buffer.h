@@ -16,12 +16,13 @@ class ByteBuffer {
   std::string_view data() const { return {buf_.get() + head_, tail_ - head_}; }
   size_t size() const { return tail_ - head_; }
   bool empty() const { return head_ == tail_; }
-  void consume(size_t n) {
-    head_ += n;
-    if (head_ == tail_) head_ = tail_ = 0;
-  }
-  // Space to read into: at least `min` bytes, compacting or growing as needed.
+  // Never moves the unread bytes or the write position: a read may be in flight into the space
+  // prepare() gave out (a relay that waits on its server consumes from a posted task meanwhile).
+  void consume(size_t n) { head_ += n; }
+  // Space to read into: at least `min` bytes, compacting or growing as needed. Only with no read in
+  // flight.
   char* prepare(size_t min) {
+    if (head_ == tail_) head_ = tail_ = 0;
     if (cap_ - tail_ < min) {
       if (head_ > 0) {
         std::memmove(buf_.get(), buf_.get() + head_, tail_ - head_);

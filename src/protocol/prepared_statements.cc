@@ -59,6 +59,47 @@ void appendParse(std::string& out, uint64_t seq, const StatementDef& d) {
   out.append(d.params);
 }
 
+void appendDescribeStatement(std::string& out, uint64_t seq) {
+  ServerName n(seq);
+  appendHeader(out, 'D', 1 + n.len + 1);
+  out.push_back('S');
+  out.append(n.view());
+  out.push_back('\0');
+}
+
+void appendFlush(std::string& out) { appendHeader(out, 'H', 0); }
+
+// A Parse that PostgreSQL refuses whatever its state: a syntax error is found before the name, the
+// transaction or the relations are looked at. Named, so that the unnamed statement stays.
+void appendRefusal(std::string& out) {
+  constexpr std::string_view kName = "sluice_refused";
+  constexpr std::string_view kQuery = "sluice: cached plan must not change result type";
+  appendHeader(out, 'P', kName.size() + 1 + kQuery.size() + 1 + 2);
+  out.append(kName);
+  out.push_back('\0');
+  out.append(kQuery);
+  out.push_back('\0');
+  out.append(2, '\0');  // no parameter types
+}
+
+// PostgreSQL's own error, with the routine that drivers recognize it by (asyncpg then prepares
+// again and retries).
+void appendResultTypeChanged(std::string& out) {
+  protocol::Writer w(out);
+  w.begin('E');
+  for (auto [field, value] : {std::pair<char, std::string_view>{'S', "ERROR"},
+                              {'V', "ERROR"},
+                              {'C', kCachedPlanChanged},
+                              {'M', "cached plan must not change result type"},
+                              {'F', "plancache.c"},
+                              {'R', "RevalidateCachedQuery"}}) {
+    w.byte(uint8_t(field));
+    w.cstring(value);
+  }
+  w.byte(0);
+  w.end();
+}
+
 void appendCloseStatement(std::string& out, uint64_t seq) {
   ServerName n(seq);
   appendHeader(out, 'C', 1 + n.len + 1);
@@ -308,6 +349,35 @@ void appendDuplicateError(std::string& out, std::string_view name) {
 
 }  // namespace
 
+// ---- result types ----
+
+uint64_t resultFingerprint(std::string_view msg) {
+  uint64_t h = 1469598103934665603ULL;  // FNV-1a
+  auto mix = [&h](std::string_view bytes) {
+    for (unsigned char c : bytes) {
+      h ^= c;
+      h *= 1099511628211ULL;
+    }
+  };
+  mix(msg.substr(0, 1));
+  if (msg.size() >= protocol::kHeaderSize + 2 && msg[0] == 'T') {
+    size_t pos = protocol::kHeaderSize;
+    mix(msg.substr(pos, 2));  // column count
+    pos += 2;
+    std::string_view name;
+    while (pos < msg.size() && readCString(msg, pos, name)) {
+      // name, table oid (4), column number (2), type oid (4), size (2), typmod (4), format (2)
+      if (pos + 18 > msg.size()) break;
+      mix(name);
+      mix(std::string_view("\0", 1));
+      mix(msg.substr(pos + 6, 4));
+      mix(msg.substr(pos + 12, 4));
+      pos += 18;
+    }
+  }
+  return h == 0 ? 1 : h;
+}
+
 // ---- SQL inspection ----
 
 bool mayDeallocate(std::string_view sql) { return hasPair(sql, 'd') || hasPair(sql, 'D'); }
@@ -386,6 +456,14 @@ void ServerStatements::appendName(std::string& out, uint64_t seq) {
 ServerStatements::Lru::iterator ServerStatements::find(const StatementDef& def) {
   auto it = index_.find(keyOf(def));
   return it == index_.end() ? lru_.end() : it->second;
+}
+
+ServerStatements::Entry* ServerStatements::entry(const StatementDef& def, uint64_t seq) {
+  Lru::iterator e = find(def);
+  if (e != lru_.end() && e->seq == seq) return &*e;
+  Lru* list;
+  e = findSetAside(seq, &list);
+  return list ? &*e : nullptr;
 }
 
 std::string ServerStatements::serverName(const StatementDef& def) const {
@@ -702,7 +780,71 @@ uint64_t Rewriter::ensurePrepared(const StatementRef& def, std::string& to_serve
   appendParse(to_server, e->seq, *def);
   uint64_t seq = e->seq;
   push(Kind::kInjectedParse, seq, def);
+  appendHiddenDescribe(to_server, seq, def, false);
   return seq;
+}
+
+void Rewriter::appendHiddenDescribe(std::string& to_server, uint64_t seq, const StatementRef& def,
+                                    bool own_parse) {
+  appendDescribeStatement(to_server, seq);
+  push(Kind::kHiddenDescribe, seq, def).own_parse = own_parse;
+}
+
+// PostgreSQL fixes a statement's result type when it is prepared and refuses to run it once the
+// type has changed (0A000). The client's statement (def->result) and the server statement it is
+// about to use may have been prepared at different times, with DDL in between: compare the two.
+// When the server statement's type is still on its way, wait for it; when it differs, either one
+// may be the stale one, so the text is prepared afresh, which tells the type it has now.
+Rewriter::Action Rewriter::checkResultType(const StatementRef& def, uint64_t& seq, bool& refuse,
+                                           std::string& to_server) {
+  refuse = false;
+  if (check_.describe != 0) {
+    // The held message again: decided once the answer came.
+    if (check_.result == 0) return Action::kWait;
+    seq = check_.seq;
+    refuse = check_.result != def->result;
+    check_ = Check{};
+    return Action::kForward;
+  }
+  if (def->result == 0) return Action::kForward;  // nothing to compare with: it learns the type
+  ServerStatements::Entry* e = server_.entry(*def, seq);
+  if (e == nullptr || e->parsed_by == def->id || e->result == def->result) {
+    return Action::kForward;
+  }
+  uint64_t describe = 0;
+  if (e->result == 0) {
+    for (size_t i = head_; i < fifo_.size() && describe == 0; ++i) {
+      const Pending& p = fifo_[i];
+      if ((p.kind == Kind::kHiddenDescribe || p.kind == Kind::kDescribeStatement) && p.seq == seq) {
+        describe = p.id;
+      }
+    }
+  }
+  if (describe == 0) {
+    server_.forget(*def, seq, e->confirmed);  // if unconfirmed, closed when its answer comes
+    flushOrphans(to_server);
+    makeRoom(to_server);
+    seq = server_.add(*def, 0)->seq;
+    appendParse(to_server, seq, *def);
+    push(Kind::kInjectedParse, seq, def);
+    appendHiddenDescribe(to_server, seq, def, false);
+    describe = fifo_.back().id;
+  }
+  // PostgreSQL holds its answers until a Flush or Sync; the client's Sync is behind this message.
+  appendFlush(to_server);
+  check_ = Check{describe, seq, 0, def->id};
+  return Action::kWait;
+}
+
+void Rewriter::learnResult(Pending& p, uint64_t result) {
+  if (p.seq != 0) {
+    ServerStatements::Entry* e = server_.entry(*p.def, p.seq);
+    if (e && e->result == 0) e->result = result;
+  }
+  if (p.def->result == 0 && (p.kind != Kind::kHiddenDescribe || p.own_parse)) {
+    p.def->result = result;
+  }
+  if (check_.describe == p.id) check_.result = result;
 }
 
 std::unique_ptr<Rewriter::Undo> Rewriter::clearAll() {
@@ -879,7 +1021,8 @@ Rewriter::Action Rewriter::onParse(std::string_view msg, bool whole, std::string
     uint64_t seq = server_.reserveSeq();
     appendParse(to_server, seq, *def);
     undo->real_parse = true;
-    attachUndo(push(Kind::kParse, seq, std::move(def)), std::move(undo));
+    attachUndo(push(Kind::kParse, seq, def), std::move(undo));
+    appendHiddenDescribe(to_server, seq, def, true);  // its result type, as of now
     return Action::kReplace;
   }
   // Sent under a new name that serves this text from now on (an older copy still unanswered is
@@ -890,8 +1033,8 @@ Rewriter::Action Rewriter::onParse(std::string_view msg, bool whole, std::string
   appendParse(to_server, e->seq, *def);
   uint64_t seq = e->seq;
   undo->real_parse = true;
-  Pending& p = push(Kind::kParse, seq, std::move(def));
-  attachUndo(p, std::move(undo));
+  attachUndo(push(Kind::kParse, seq, def), std::move(undo));
+  appendHiddenDescribe(to_server, seq, def, true);  // its result type, as of now
   return Action::kReplace;
 }
 
@@ -907,8 +1050,18 @@ Rewriter::Action Rewriter::onBind(std::string_view msg, std::string& to_server) 
   if (!ref) return passThrough(msg, Kind::kBind, to_server);  // "" or unknown: the server decides
 
   StatementRef def = *ref;
-  flushOrphans(to_server);
-  uint64_t seq = ensurePrepared(def, to_server);
+  uint64_t seq = 0;
+  if (check_.describe == 0 || check_.def != def->id) {  // not the message held for a check
+    check_ = Check{};
+    flushOrphans(to_server);
+    seq = ensurePrepared(def, to_server);
+  }
+  bool refuse;
+  if (checkResultType(def, seq, refuse, to_server) == Action::kWait) return Action::kWait;
+  if (refuse) {
+    appendRefusal(to_server);
+    push(Kind::kRefusal);
+  }
   ServerName sname(seq);
   uint32_t length = protocol::readU32(msg.data() + 1);
   appendHeader(to_server, 'B', length - 4 - stmt.size() + sname.len);
@@ -932,13 +1085,19 @@ Rewriter::Action Rewriter::onDescribe(std::string_view msg, bool whole, std::str
   if (!ref) return passThrough(msg, Kind::kDescribeStatement, to_server);
 
   StatementRef def = *ref;
-  flushOrphans(to_server);
-  uint64_t seq = ensurePrepared(def, to_server);
-  ServerName sname(seq);
-  appendHeader(to_server, 'D', 1 + sname.len + 1);
-  to_server.push_back('S');
-  to_server.append(sname.view());
-  to_server.push_back('\0');
+  uint64_t seq = 0;
+  if (check_.describe == 0 || check_.def != def->id) {  // not the message held for a check
+    check_ = Check{};
+    flushOrphans(to_server);
+    seq = ensurePrepared(def, to_server);
+  }
+  bool refuse;
+  if (checkResultType(def, seq, refuse, to_server) == Action::kWait) return Action::kWait;
+  if (refuse) {
+    appendRefusal(to_server);
+    push(Kind::kRefusal);
+  }
+  appendDescribeStatement(to_server, seq);
   push(Kind::kDescribeStatement, seq, std::move(def));
   return Action::kReplace;
 }
@@ -1055,8 +1214,17 @@ Rewriter::Action Rewriter::onServerMessage(std::string_view msg, std::string& to
       break;
     case Kind::kBind:
       terminal = type == '2';
+      if (terminal && p.def && p.def->result == 0) {
+        // The first run of a statement whose type it was not shown yet (its Parse was answered
+        // from the cache): the rows it gets now are of the server statement's type.
+        const ServerStatements::Entry* e = server_.entry(*p.def, p.seq);
+        if (e) p.def->result = e->result;
+      }
       break;
     case Kind::kDescribeStatement:  // 't' comes first
+      terminal = type == 'T' || type == 'n';
+      if (terminal && p.def) learnResult(p, resultFingerprint(msg));
+      break;
     case Kind::kDescribePortal:
       terminal = type == 'T' || type == 'n';
       break;
@@ -1092,6 +1260,16 @@ Rewriter::Action Rewriter::onServerMessage(std::string_view msg, std::string& to
       break;
     case Kind::kHiddenClose:
       terminal = type == '3';
+      visible = false;
+      break;
+    case Kind::kHiddenDescribe:
+      if (type == 't') return Action::kReplace;  // its ParameterDescription: nothing to send
+      terminal = type == 'T' || type == 'n';
+      visible = false;
+      if (terminal) learnResult(p, resultFingerprint(msg));
+      break;
+    case Kind::kRefusal:
+      terminal = type == '1';  // never: PostgreSQL cannot parse it
       visible = false;
       break;
     case Kind::kParseComplete:
@@ -1152,6 +1330,11 @@ Rewriter::Action Rewriter::onError(std::string_view msg, std::string& to_client)
   Action action = Action::kForward;
   if (e.fatal) {
     // The connection ends; pass it on as it is.
+  } else if (p.kind == Kind::kRefusal) {
+    appendResultTypeChanged(to_client);  // what PostgreSQL says of a statement whose type changed
+    action = Action::kReplace;
+  } else if (p.kind == Kind::kHiddenDescribe && e.sqlstate == kCachedPlanChanged) {
+    server_.forget(*p.def, p.seq, true);  // DDL came between its Parse and this Describe
   } else if (p.kind == Kind::kDuplicateParse) {
     // 42P05 names the server's statement; other errors (syntax, 25P02, ...) name none.
     if (appendErrorRenamed(to_client, msg, quotedServerName(p.seq), "\"" + p.undo->name + "\"")) {
@@ -1198,6 +1381,9 @@ void Rewriter::failed(Pending& p) {
   } else if (p.kind == Kind::kHiddenClose) {
     server_.orphans_.push_back(p.seq);  // it was skipped: the statement is still there
   }
+  // The message held for this answer is now skipped by the server as well (or, if a Sync was
+  // between them, offered again and checked afresh).
+  if (check_.describe == p.id) check_ = Check{};
   undo(p);
 }
 

@@ -77,7 +77,18 @@ struct StatementDef {
   // Its Parse failed or was skipped: it never existed, so undoing a later Close or DEALLOCATE
   // must not bring it back. Only the owning client's loop touches it.
   mutable bool dead = false;
+  // The result type the client knows (resultFingerprint(); 0: not known yet): that of the server
+  // statement its own Parse made, else the first one a Describe or Bind of it showed. PostgreSQL
+  // refuses to run a statement whose result type changed since (0A000), and so does sluice when it
+  // has to prepare the text again. Only the owning client's loop touches it.
+  mutable uint64_t result = 0;
 };
+
+// A fingerprint of a statement's result type from the RowDescription ('T') or NoData ('n') that
+// describes it: column count, names, type oids and typmods (what PostgreSQL compares before it
+// answers "cached plan must not change result type"; the collation is not on the wire). Never 0.
+// Table oids, column numbers and format codes are left out.
+uint64_t resultFingerprint(std::string_view msg);
 using StatementRef = std::shared_ptr<const StatementDef>;
 
 // The statements one client has prepared, by the client's names. Owned by the ClientSession;
@@ -150,6 +161,9 @@ class ServerStatements {
     uint64_t batch = 0;      // batch_ when the Parse was sent
     bool confirmed = false;  // its ParseComplete arrived
     uint64_t parsed_by = 0;  // StatementDef::id of the client Parse that made it (0: injected)
+    // Its result type (resultFingerprint(); 0: not known yet), fixed when it was prepared:
+    // PostgreSQL describes it as that or fails (0A000).
+    uint64_t result = 0;
   };
   struct KeyView {
     std::string_view query;
@@ -167,7 +181,8 @@ class ServerStatements {
   using Lru = std::list<Entry>;  // front: least recently used
 
   static KeyView keyOf(const StatementDef& d) { return {d.query, d.params, d.hash}; }
-  Lru::iterator find(const StatementDef& def);  // lru_.end() if not prepared here
+  Lru::iterator find(const StatementDef& def);          // lru_.end() if not prepared here
+  Entry* entry(const StatementDef& def, uint64_t seq);  // also set aside; nullptr if gone
   void touch(Lru::iterator e);
   // The caller made room. `parsed_by`: StatementDef::id of the client Parse sent for it, or 0.
   Lru::iterator add(const StatementDef& def, uint64_t parsed_by);
@@ -214,7 +229,8 @@ class ServerStatements {
 //   2. onClientMessage(those bytes, to_server, to_client), both buffers empty;
 //   3. kForward: relay the whole message unchanged. kReplace: send to_server instead of the
 //      first `need` bytes, then relay the rest of the message (length+1-need bytes) unchanged.
-//      kWait: consume nothing; offer the same message again after the next server message.
+//      kWait: consume nothing; send to_server now if it is not empty (what the decision waits
+//      for, ending with a Flush); offer the same message again after the next server message.
 //      In every case send to_client (answers sluice gives itself; only filled when nothing
 //      else is pending, so it never overtakes a server answer) to the client.
 // Server side, for every server message in order:
@@ -230,9 +246,11 @@ class Rewriter {
   enum class Action : uint8_t {
     kForward,  // pass the original bytes through
     kReplace,  // use the replacement instead
-    // Client side only: not consumed, nothing appended. How to rewrite it depends on how an
-    // earlier batch still in flight ends (e.g. a Close the server may skip). Offer it again after
-    // the next server message. Rare: pipelined batches touching the same statement name.
+    // Client side only: not consumed; send to_server (if any) first. How to rewrite it depends
+    // on a server answer still to come: how an earlier batch in flight ends (e.g. a Close the
+    // server may skip), or the result type of a statement prepared again for this Bind or
+    // Describe. Offer it again after the next server message. Rare: pipelined batches touching
+    // the same statement name, and the first use of a statement on a server that lacks it.
     kWait,
   };
 
@@ -285,8 +303,13 @@ class Rewriter {
     kDuplicateParse,     // a Parse of an existing name, sent under that statement's server name
     kDeallocate,         // an empty Query for DEALLOCATE name: its 'I' -> CommandComplete
     // Answered by the server; hidden from the client.
-    kInjectedParse,  // '1' swallowed
-    kHiddenClose,    // '3' swallowed (eviction or cleanup)
+    kInjectedParse,   // '1' swallowed
+    kHiddenClose,     // '3' swallowed (eviction or cleanup)
+    kHiddenDescribe,  // 't' then 'T' or 'n' swallowed: the result type of a statement prepared
+    // A Parse of a syntax error sent instead of the client's Bind or Describe of a statement whose
+    // result type changed, so that PostgreSQL skips to the Sync as after an error of its own: its
+    // error becomes 0A000 "cached plan must not change result type".
+    kRefusal,
     // Answered by sluice: no server message; emitted when it reaches the head of the FIFO.
     kParseComplete,  // "1\0\0\0\4"
     kCloseComplete,  // "3\0\0\0\4"
@@ -310,6 +333,15 @@ class Rewriter {
     uint64_t seq = 0;            // server statement created, used or closed (0: none)
     StatementRef def;            // the client statement it concerns
     std::unique_ptr<Undo> undo;  // only for messages that change the client's view
+    bool own_parse = false;      // kHiddenDescribe: of the Parse of `def` itself (its result type)
+  };
+  // A Bind or Describe held (kWait) until the server tells the result type of the server
+  // statement it will use. At most one: the held message stops the client's stream.
+  struct Check {
+    uint64_t describe = 0;  // id of the pending Describe whose answer decides (0: none held)
+    uint64_t seq = 0;       // the server statement the held message will use
+    uint64_t result = 0;    // its result type, once the answer came
+    uint64_t def = 0;       // StatementDef::id of the statement the held message names
   };
 
   // FIFO of Pending in a vector that keeps its capacity (no allocation in steady state).
@@ -328,6 +360,13 @@ class Rewriter {
   void flushOrphans(std::string& to_server);
   uint64_t ensurePrepared(const StatementRef& def, std::string& to_server);  // returns seq
   void makeRoom(std::string& to_server);
+  void appendHiddenDescribe(std::string& to_server, uint64_t seq, const StatementRef& def,
+                            bool own_parse);
+  // Before a Bind or Describe of `def` on `seq`: decides whether the client may use it, or what to
+  // wait for (kWait), or that it must be refused (sets `refuse`). Updates `seq`.
+  Action checkResultType(const StatementRef& def, uint64_t& seq, bool& refuse,
+                         std::string& to_server);
+  void learnResult(Pending& p, uint64_t result);  // a Describe of p.seq answered `result`
   Action passThrough(std::string_view msg, Kind kind, std::string& to_server);
   Action onParse(std::string_view msg, bool whole, std::string& to_server, std::string& to_client);
   Action onBind(std::string_view msg, std::string& to_server);
@@ -354,6 +393,7 @@ class Rewriter {
   ClientStatements& client_;
   ServerStatements& server_;
   std::vector<Pending> fifo_;
+  Check check_;
   // View changes still pending (ids of entries with an Undo), and the epoch: Syncs, Queries and
   // FunctionCalls sent. A change from an earlier epoch may still be skipped or fail.
   std::vector<uint64_t> changes_;

@@ -648,6 +648,10 @@ void ClientSession::processClient() {
           rewriter_->onClientMessage(data.substr(pos, need), rw_to_server, rw_to_client);
       if (!rw_to_client.empty()) send(rw_to_client);
       if (action == protocol::Rewriter::Action::kWait) {
+        if (!rw_to_server.empty()) {  // what the decision waits for
+          forward(pos);
+          server_->send(rw_to_server);
+        }
         rewrite_waiting_ = true;  // offered again after the server's next message
         break;
       }

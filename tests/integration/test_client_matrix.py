@@ -364,22 +364,17 @@ def test_psycopg3(poolers, pg, tables):
 
 # -- DDL that changes a statement's result type -------------------------------------------------
 
-@pytest.mark.xfail(strict=True, raises=asyncpg.ProtocolError, reason="sluice bug (issue 4): a statement prepared again on demand "
-                   "after DDL silently gets the new result type; see the docstring")
 def test_result_type_change_after_ddl_asyncpg(poolers, pg, tables):
     """`SELECT *` prepared by two asyncpg clients, then ALTER TABLE ADD COLUMN. On a direct
     connection each client's next run gets 0A000 "cached plan must not change result type", on
     which asyncpg prepares again and retries by itself: both see 4 columns, no error.
 
-    Through sluice (pool of 1): client b's retry makes sluice forget the server's stale statement
-    and prepare the text afresh; client a's next Bind of its own (pre-DDL) statement then finds
-    it absent, sluice injects a Parse of the same text, which now has 4 columns, and a gets rows
-    of 4 columns under its 3-column description: asyncpg raises ProtocolError (other drivers may
-    misread the rows). The same happens whenever a pre-DDL statement is prepared on a server
-    that never had it (a new or recycled server). PostgreSQL refuses a changed result type for
-    a statement the client described; sluice would have to check the result type of a statement
-    it prepares again (e.g. a hidden Describe compared with the one the client saw) and answer
-    0A000 when it differs."""
+    Regression test (issue 4), pool of 1: client b's retry made sluice forget the server's stale
+    statement and prepare the text afresh; client a's next Bind of its own (pre-DDL) statement
+    then used a statement of 4 columns and a got rows of 4 columns under its 3-column
+    description (asyncpg: ProtocolError). sluice now compares the result type of a statement it
+    prepares again with the one the client's statement has, and answers 0A000 as PostgreSQL
+    does when they differ."""
     import asyncio
 
     t, _ = tables

@@ -2,6 +2,7 @@
 
 import asyncio
 import re
+import struct
 import subprocess
 
 import asyncpg
@@ -9,6 +10,7 @@ import psycopg
 import pytest
 
 import harness
+import pgwire
 from harness import BackendSampler, errors, run_threads
 
 pytestmark = pytest.mark.sluice_only("PgBouncer 1.18 has no prepared statement support")
@@ -94,3 +96,70 @@ def _works(conn) -> bool:
     except psycopg.Error as e:
         print("not yet:", type(e).__name__, e)
         return False
+
+
+# -- DDL that changes a statement's result type, at the protocol level ---------------------------
+
+def _msg(kind: bytes, body: bytes) -> bytes:
+    return kind + struct.pack("!I", len(body) + 4) + body
+
+
+def _bind(stmt: str, *params: str) -> bytes:
+    body = b"\0" + stmt.encode() + b"\0" + struct.pack("!HH", 0, len(params))
+    for v in params:
+        body += struct.pack("!I", len(v)) + v.encode()
+    return _msg(b"B", body + struct.pack("!H", 0))
+
+
+_EXECUTE = _msg(b"E", b"\0" + struct.pack("!I", 0))
+_SYNC = _msg(b"S", b"")
+
+
+def _until_ready(w) -> list:
+    """The answers up to and including the next ReadyForQuery, as (type, body)."""
+    out = []
+    while True:
+        kind, body = w.read_message()
+        out.append((kind, body))
+        if kind == b"Z":
+            return out
+
+
+def test_write_returning_is_not_run_after_its_result_type_changed(poolers, pg):
+    """A client's INSERT ... RETURNING * prepared before ALTER TABLE ADD COLUMN: PostgreSQL refuses
+    to run it from then on (0A000), and so must sluice when it prepares the text again on a server
+    (here: after PostgreSQL's own refusal made it drop the stale server statement). The refused
+    run must not insert, the rest of its batch is skipped, the next batch runs."""
+    p = poolers(settings={**SETTINGS, "default_pool_size": 1})
+    with pg.connect("appdb", user="sluice_md5") as c:
+        c.execute("DROP TABLE IF EXISTS ps_rt")
+        c.execute("CREATE TABLE ps_rt (id int)")
+    try:
+        with p.wire() as w:
+            q = "INSERT INTO ps_rt VALUES ($1) RETURNING *"
+            w.sock.sendall(_msg(b"P", b"ins\0" + q.encode() + b"\0" + struct.pack("!HI", 1, 23))
+                           + _msg(b"D", b"Sins\0") + _SYNC)
+            got = _until_ready(w)
+            assert [k for k, _ in got] == [b"1", b"t", b"T", b"Z"]
+            assert struct.unpack("!H", got[2][1][:2])[0] == 1  # one column, as prepared
+            w.sock.sendall(_bind("ins", "1") + _EXECUTE + _SYNC)
+            assert [k for k, _ in _until_ready(w)] == [b"2", b"D", b"C", b"Z"]
+            with pg.connect("appdb", user="sluice_md5") as c:
+                c.execute("ALTER TABLE ps_rt ADD COLUMN note text DEFAULT 'n'")
+            # The first run is refused by PostgreSQL itself, the second by sluice.
+            for attempt in range(2):
+                w.sock.sendall(_bind("ins", str(10 + attempt)) + _EXECUTE + _bind("ins", "99")
+                               + _EXECUTE + _SYNC + _msg(b"Q", b"SELECT count(*) FROM ps_rt\0"))
+                got = _until_ready(w)
+                assert [k for k, _ in got] == [b"E", b"Z"], (attempt, got)
+                err = pgwire._fields(got[0][1])
+                assert err["C"] == "0A000" and err["R"] == "RevalidateCachedQuery", err
+                assert err["M"] == "cached plan must not change result type", err
+                got = _until_ready(w)
+                assert [k for k, _ in got] == [b"T", b"D", b"C", b"Z"], got
+                assert got[1][1].endswith(b"1"), got  # still only the first row
+        with pg.connect("appdb", user="sluice_md5") as c:
+            assert c.execute("SELECT id, note FROM ps_rt").fetchall() == [(1, "n")]
+    finally:
+        with pg.connect("appdb", user="sluice_md5") as c:
+            c.execute("DROP TABLE IF EXISTS ps_rt")
