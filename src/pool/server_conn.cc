@@ -445,6 +445,9 @@ void ServerConn::processActive() {
       listener_->onServerData(data.substr(fwd_start, end - fwd_start));
     fwd_start = end;
   };
+  // Whether the listener's rewriter sees every message; it changes only when sluice's own query
+  // ends (its callback may start the relay), so it is evaluated there again.
+  bool rw = !internal_ && listener_ && listener_->rewritesServerMessages();
   while (pos < data.size() && state_ == State::kActive) {
     if (passthrough_left_ > 0) {
       size_t n = std::min(passthrough_left_, data.size() - pos);
@@ -462,7 +465,6 @@ void ServerConn::processActive() {
     char t = hdr->type;
     // The prepared-statement rewriter sees every message, in order, once sluice's own query
     // (if any) is done.
-    bool rw = !internal_ && listener_ && listener_->rewritesServerMessages();
     bool whole = internal_ || t == 'Z' || t == 'S' || t == 'E' ||
                  (rw && protocol::Rewriter::serverBodyNeeded(t));
     if (!whole) {
@@ -503,6 +505,7 @@ void ServerConn::processActive() {
         data = in_.data();
         pos = fwd_start = 0;
         done(internal_error_.empty() ? Status::ok() : Status::error(internal_error_));
+        rw = !internal_ && listener_ && listener_->rewritesServerMessages();
         if (state_ != State::kActive) return;
       }
       continue;

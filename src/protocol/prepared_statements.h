@@ -133,6 +133,8 @@ class ServerStatements {
   void setMaxPrepared(size_t n) { max_prepared_ = n < 1 ? 1 : n; }
   size_t maxPrepared() const { return max_prepared_; }
   size_t size() const { return index_.size(); }
+  // Nothing of sluice's may exist on this server session (not even untracked leftovers).
+  bool empty() const { return index_.empty() && orphans_.empty() && set_aside_.empty(); }
 
   // The server-side name of `def`'s statement here, or "" if it is not prepared here.
   std::string serverName(const StatementDef& def) const;

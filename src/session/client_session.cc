@@ -622,8 +622,10 @@ void ClientSession::processClient() {
       }
       startRewriter();
     }
-    if (!rewriter_ && rewrite_enabled_ && t == 'Q') {
-      // A simple query concerns prepared statements only as DEALLOCATE or DISCARD ALL.
+    if (!rewriter_ && rewrite_enabled_ && t == 'Q' &&
+        !(server_->statements().empty() && (!statements_ || statements_->size() == 0))) {
+      // A simple query concerns prepared statements only as DEALLOCATE or DISCARD ALL, and only
+      // when the client or the server has some.
       size_t need = protocol::Rewriter::clientBytesNeeded(t, hdr->length);
       if (data.size() - pos < need) break;  // wait for the rest of it
       if (protocol::mayDeallocate(data.substr(pos + protocol::kHeaderSize,
