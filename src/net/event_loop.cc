@@ -36,8 +36,11 @@ EventLoop::~EventLoop() {
   posted_.clear();
   for (Slot* s : dead_) delete s;
   dead_.clear();
-  for (Slot* s : live_) delete s;  // their descriptors belong to their (now released) owners
-  live_.clear();
+  while (live_ != nullptr) {  // their descriptors belong to their (now released) owners
+    Slot* next = live_->next;
+    delete live_;
+    live_ = next;
+  }
   ::close(wakefd_);
   ::close(epfd_);
 }
@@ -70,7 +73,9 @@ EventLoop::Slot* EventLoop::add(int fd, IoWatcher* watcher, std::shared_ptr<void
     // Not a pollable descriptor (cannot happen for sockets): report it as an error on first use.
     slot->readable = slot->writable = true;
   }
-  live_.insert(slot);
+  slot->next = live_;
+  if (live_ != nullptr) live_->prev = slot;
+  live_ = slot;
   return slot;
 }
 
@@ -80,7 +85,10 @@ void EventLoop::remove(Slot* slot) {
   ::epoll_ctl(epfd_, EPOLL_CTL_DEL, slot->fd, &ev);
   slot->dead = true;
   slot->watcher = nullptr;
-  live_.erase(slot);
+  if (slot->prev != nullptr) slot->prev->next = slot->next;
+  if (slot->next != nullptr) slot->next->prev = slot->prev;
+  if (live_ == slot) live_ = slot->next;
+  slot->prev = slot->next = nullptr;
   dead_.push_back(slot);  // its owner reference goes at the end of this turn
 }
 
@@ -177,7 +185,7 @@ void EventLoop::run() {
         std::lock_guard lock(mu_);
         idle = posted_.empty();
       }
-      if (idle && live_.empty() && timers_.empty() && ready_.empty()) {
+      if (idle && live_ == nullptr && timers_.empty() && ready_.empty()) {
         stop_ = true;
         break;
       }

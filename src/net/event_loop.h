@@ -20,7 +20,6 @@
 #include <mutex>
 #include <thread>
 #include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 #include "common/clock.h"
@@ -44,6 +43,8 @@ class EventLoop {
     int fd = -1;
     IoWatcher* watcher = nullptr;
     std::shared_ptr<void> owner;  // keeps the watcher alive while registered
+    Slot* prev = nullptr;         // the loop's list of registered slots (intrusive: no node
+    Slot* next = nullptr;         // allocation per connection)
     bool readable = false;        // seen readable and not since drained
     bool writable = false;
     bool want_read = false;
@@ -106,7 +107,7 @@ class EventLoop {
   std::vector<std::function<void()>> running_;  // loop thread: the batch being run
 
   // Loop thread only.
-  std::unordered_set<Slot*> live_;  // registered slots
+  Slot* live_ = nullptr;  // registered slots, most recent first
   std::vector<Slot*> ready_;    // slots whose wanted read or write can run now
   std::vector<Slot*> running_ready_;
   std::vector<Slot*> dead_;     // removed this turn; freed at its end

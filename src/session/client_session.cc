@@ -42,11 +42,11 @@ double secs(Millis m) { return m.count() / 1000.0; }
 ClientSession::ClientSession(SessionContext* ctx, net::EventLoop* loop, int fd, std::string peer)
     : ctx_(ctx),
       loop_(loop),
-      fd_(fd),
       id_(ctx->next_client_id.fetch_add(1)),
       peer_(std::move(peer)),
       connected_at_(now()),
-      last_activity_(connected_at_) {}
+      last_activity_(connected_at_),
+      fd_(fd) {}
 
 ClientSession::~ClientSession() {
   if (fd_ >= 0) ::close(fd_);  // only when its loop ended before the session did
@@ -54,6 +54,11 @@ ClientSession::~ClientSession() {
 
 const config::Settings& ClientSession::settings() const {
   return ctx_->loops[loop_->index()]->cfg->settings;
+}
+
+const std::string& ClientSession::lastStatement() const {
+  static const std::string kNone;
+  return last_statement_ ? *last_statement_ : kNone;
 }
 
 const std::string& ClientSession::applicationName() const {
@@ -229,7 +234,7 @@ void ClientSession::closeWithError(const ErrorInfo& e, CloseReason reason) {
   send(msg);
   if (stats_) stats_->sluice_errors.add(e.sqlstate);
   close_reason_ = reason;
-  close_detail_ = e.message;
+  close_detail_ = std::make_unique<std::string>(e.message);
   close_after_write_ = true;
   if (wait_id_ && pool_) {
     pool_->cancelWait(wait_id_);
@@ -245,7 +250,6 @@ void ClientSession::closeQuietly(CloseReason reason, const std::string& detail) 
     reason = close_reason_;  // the error already sent names the real reason
   } else {
     close_reason_ = reason;
-    close_detail_ = detail;
   }
   State was = state_;
   if (wait_id_ && pool_) {
@@ -280,9 +284,11 @@ void ClientSession::closeQuietly(CloseReason reason, const std::string& detail) 
   if (cancel_pid_) ctx_->cancels.remove(cancel_pid_, cancel_key_);
   ctx_->loops[loop_->index()]->clients.erase(this);
   ctx_->client_count.fetch_sub(1);
+  // After closeWithError() the detail is the error it sent.
+  const std::string& detail_text = close_after_write_ && close_detail_ ? *close_detail_ : detail;
   if (reason != CloseReason::kCancelRequest && settings().log_disconnections) {
     SLOG_INFO("{} closing: {}{}{} (age {:.0f} s, {} transactions)", prefix(),
-              stats::closeReasonToken(reason), close_detail_.empty() ? "" : ": ", close_detail_,
+              stats::closeReasonToken(reason), detail_text.empty() ? "" : ": ", detail_text,
               secondsSince(connected_at_), transactions_);
   }
   loop_->remove(slot_);
@@ -608,7 +614,8 @@ void ClientSession::processClient() {
     }
     if (t == 'Q' || t == 'P') {
       // What SHOW HOLDERS and the leak warning show; capacity stays, so no allocation.
-      last_statement_.assign(diagnostics::statementText(
+      if (!last_statement_) last_statement_ = std::make_unique<std::string>();
+      last_statement_->assign(diagnostics::statementText(
           data.substr(pos, std::min(hdr->total(), data.size() - pos)), kStatementShown));
     }
     if (!rewriter_ && rewrite_enabled_ && t != 'Q' && t != 'F' && t != 'd' && t != 'c' &&
