@@ -49,47 +49,50 @@ bool identChar(unsigned char c) { return identStart(c) || (c >= '0' && c <= '9')
 
 // ---- the prefilter ----
 
-struct Scan {
-  bool v = false;          // a 'v' or 'V' somewhere (as in "advisory")
-  bool semicolon = false;  // a ';' somewhere (more than one statement, or one in a literal)
-};
-
-// One pass over the bytes. SSE2 (x86-64's baseline) compares 16 bytes at a time; the last block
-// overlaps the one before it instead of a scalar tail.
-Scan scan(std::string_view s) {
-  Scan r;
+// One pass over the bytes: is there a ';' (more than one statement, or one inside a literal) or
+// a 'v' of any case (as in "advisory")? SSE2 (x86-64's baseline) compares 16 bytes at a time
+// into one accumulator; the last block overlaps the one before it instead of a scalar tail.
+bool mayNeedLexing(std::string_view s) {
   const char* p = s.data();
-  size_t n = s.size();
+  const size_t n = s.size();
 #if defined(__SSE2__)
   if (n >= 16) {
     const __m128i k20 = _mm_set1_epi8(0x20);
     const __m128i kv = _mm_set1_epi8('v');
     const __m128i ksemi = _mm_set1_epi8(';');
-    __m128i acc_v = _mm_setzero_si128();
-    __m128i acc_s = _mm_setzero_si128();
-    for (size_t i = 0;; i += 16) {
-      if (i + 16 > n) i = n - 16;
+    __m128i acc = _mm_setzero_si128();
+    auto block = [&](size_t i) {
       __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
-      acc_v = _mm_or_si128(acc_v, _mm_cmpeq_epi8(_mm_or_si128(b, k20), kv));
-      acc_s = _mm_or_si128(acc_s, _mm_cmpeq_epi8(b, ksemi));
-      if (i + 16 == n) break;
-    }
-    r.v = _mm_movemask_epi8(acc_v) != 0;
-    r.semicolon = _mm_movemask_epi8(acc_s) != 0;
-    return r;
+      acc = _mm_or_si128(acc, _mm_or_si128(_mm_cmpeq_epi8(_mm_or_si128(b, k20), kv),
+                                           _mm_cmpeq_epi8(b, ksemi)));
+    };
+    for (size_t i = 0; i + 16 < n; i += 16) block(i);
+    block(n - 16);
+    return _mm_movemask_epi8(acc) != 0;
   }
 #endif
-  for (size_t i = 0; i < n; ++i) {
-    r.v |= (p[i] | 0x20) == 'v';
-    r.semicolon |= p[i] == ';';
-  }
-  return r;
+  bool hit = false;
+  for (size_t i = 0; i < n; ++i) hit |= (p[i] | 0x20) == 'v' || p[i] == ';';
+  return hit;
 }
 
-// "advisory" (any case) somewhere in `s`; only called when scan() saw a 'v'.
-bool hasAdvisory(std::string_view s) {
-  for (size_t i = 2; i + 6 <= s.size(); ++i) {
-    if ((s[i] | 0x20) == 'v' && startsWithCi(s.substr(i - 2), "advisory")) return true;
+// Four bytes as inspectSessionState() reads them, for comparing the first word with a command.
+constexpr uint32_t word4(const char (&w)[5]) {
+  return uint32_t(uint8_t(w[0])) | uint32_t(uint8_t(w[1])) << 8 | uint32_t(uint8_t(w[2])) << 16 |
+         uint32_t(uint8_t(w[3])) << 24;
+}
+
+// "advisory" (any case) somewhere in `s`; only called when scan() saw a 'v' (VALUES, level,
+// server...), so memchr finds the few candidates rather than a loop over every byte.
+[[gnu::noinline]] bool hasAdvisory(std::string_view s) {
+  if (s.size() < 8) return false;
+  const char* last = s.data() + s.size() - 6;  // the 'v' of an "advisory" ending the text
+  for (char v : {'v', 'V'}) {
+    for (const char* p = s.data() + 2; p <= last; ++p) {
+      p = static_cast<const char*>(std::memchr(p, v, size_t(last - p) + 1));
+      if (p == nullptr) break;
+      if (startsWithCi(std::string_view(p - 2, 8), "advisory")) return true;
+    }
   }
   return false;
 }
@@ -276,7 +279,7 @@ SessionState classify(const std::vector<Token>& t) {
   return SessionState::kNone;
 }
 
-SessionState lex(std::string_view sql) {
+[[gnu::noinline, gnu::cold]] SessionState lex(std::string_view sql) {
   SessionState found = SessionState::kNone;
   forEachStatement(sql, [&](const std::vector<Token>& toks) {
     found = classify(toks);
@@ -285,46 +288,34 @@ SessionState lex(std::string_view sql) {
   return found;
 }
 
+// One statement: only its first word (after whitespace; a comment is looked past by the lexer)
+// can make it one of the commands.
+inline bool firstWordMayBeState(std::string_view sql) {
+  size_t i = 0;
+  while (i < sql.size() && uint8_t(sql[i]) <= ' ') ++i;
+  std::string_view rest = sql.substr(i);
+  if (rest.size() < 4) return false;  // shorter than any of the commands
+  if (rest[0] == '-' || rest[0] == '/') return true;
+  uint32_t w = (uint32_t(uint8_t(rest[0])) | uint32_t(uint8_t(rest[1])) << 8 |
+                uint32_t(uint8_t(rest[2])) << 16 | uint32_t(uint8_t(rest[3])) << 24) |
+               0x20202020;  // one load on x86
+  return w == word4("list") || w == word4("crea") || w == word4("decl") || w == word4("prep") ||
+         ((w & 0xffffff) == (word4("set ") & 0xffffff) && !identChar(uint8_t(rest[3])));
+}
+
+// The prefilter saw a ';' or a 'v': out of line, so that the common path needs no stack frame.
+[[gnu::noinline]] SessionState afterPrefilterHit(std::string_view sql) {
+  if (std::memchr(sql.data(), ';', sql.size()) != nullptr || hasAdvisory(sql)) return lex(sql);
+  return firstWordMayBeState(sql) ? lex(sql) : SessionState::kNone;
+}
+
 }  // namespace
 
 SessionState inspectSessionState(std::string_view sql) {
   // A trailing ';' (pgbench, many drivers) does not make a second statement.
-  while (!sql.empty() && (sql.back() == ';' || sql.back() == ' ' || sql.back() == '\n' ||
-                          sql.back() == '\t' || sql.back() == '\r')) {
-    sql.remove_suffix(1);
-  }
-  Scan sc = scan(sql);
-  if (sc.semicolon || (sc.v && hasAdvisory(sql))) return lex(sql);
-  // One statement: only its first word can make it one of the commands.
-  size_t i = 0;
-  while (i < sql.size() && (sql[i] == ' ' || (sql[i] >= '\t' && sql[i] <= '\r'))) ++i;
-  if (i == sql.size()) return SessionState::kNone;
-  std::string_view rest = sql.substr(i);
-  bool candidate = false;
-  switch (rest[0] | 0x20) {
-    case '-':  // a "--" comment: the first word comes after it
-    case '/':  // a "/*" comment
-      candidate = true;
-      break;
-    case 'l':
-      candidate = startsWithCi(rest, "listen");
-      break;
-    case 'c':
-      candidate = startsWithCi(rest, "create");
-      break;
-    case 'd':
-      candidate = startsWithCi(rest, "declare");
-      break;
-    case 'p':
-      candidate = startsWithCi(rest, "prepare");
-      break;
-    case 's':
-      candidate = startsWithCi(rest, "set") && (rest.size() == 3 || !identChar(uint8_t(rest[3])));
-      break;
-    default:
-      break;
-  }
-  return candidate ? lex(sql) : SessionState::kNone;
+  if (!sql.empty() && sql.back() == ';') sql.remove_suffix(1);
+  if (mayNeedLexing(sql)) return afterPrefilterHit(sql);
+  return firstWordMayBeState(sql) ? lex(sql) : SessionState::kNone;
 }
 
 }  // namespace sluice::protocol
