@@ -174,6 +174,7 @@ struct ClientInfo {
   uint32_t backend_pid = 0;
   TimePoint last_activity;     // the client's last bytes: how long it has sent nothing
   std::string last_statement;  // its current or last Query/Parse text, first 200 bytes
+  const char* pinned = "";     // the session state that pinned it to its server, if any
 };
 
 // One server connection, copied out on its own loop.
@@ -254,6 +255,7 @@ LoopSnapshot snapshotLoop(session::SessionContext* ctx, session::LoopClients& lc
       ci.backend_pid = s->backendPid();
       ci.last_activity = c->lastActivityAt();
       ci.last_statement = c->lastStatement();
+      ci.pinned = protocol::sessionStateLabel(c->pinned());
       ServerInfo si = describeServer(*s, "active");
       si.link = ci.ptr;
       si.request = ci.request;
@@ -444,7 +446,7 @@ std::string renderHolders(LoopSnapshot all) {
     rows.push_back({num(static_cast<long long>(c->id)), c->application_name, c->user, c->database,
                     c->peer, fmt::format("{:.3f}", std::max(0.0, held)), std::string(c->tx_state),
                     fmt::format("{:.3f}", std::max(0.0, idle)), num(c->backend_pid),
-                    c->last_statement});
+                    c->last_statement, std::string(c->pinned)});
   }
   // state is pg_stat_activity's word: "idle in transaction" is a client holding its server while
   // sending nothing (idle_seconds says for how long), "active" a query or batch under way.
@@ -457,7 +459,8 @@ std::string renderHolders(LoopSnapshot all) {
                 {"state", kText},
                 {"idle_seconds", kNumeric},
                 {"backend_pid", kInt4},
-                {"last_statement", kText}},
+                {"last_statement", kText},
+                {"pinned", kText}},
                rows);
 }
 
@@ -634,6 +637,9 @@ std::string configValue(bool v) { return v ? "1" : "0"; }
 std::string configValue(const std::string& v) { return v; }
 std::string configValue(config::PoolMode v) { return config::poolModeName(v); }
 std::string configValue(config::AuthType v) { return config::authTypeName(v); }
+std::string configValue(config::SessionStatePolicy v) {
+  return config::sessionStatePolicyName(v);
+}
 std::string configValue(config::Duration v) {  // seconds, as PgBouncer writes them
   if (v.count() % 1000 == 0) return std::to_string(v.count() / 1000);
   return fmt::format("{:g}", v.count() / 1000.0);
@@ -723,6 +729,7 @@ const std::vector<ConfigKey>& configKeys() {
         key("hold_warn_threshold", &S::hold_warn_threshold),
         key("max_waiting_clients", &S::max_waiting_clients),
         key("server_connect_parallelism", &S::server_connect_parallelism),
+        key("session_state", &S::session_state),
     };
     std::sort(k.begin(), k.end(), [](const ConfigKey& a, const ConfigKey& b) {
       return std::string_view(a.name) < b.name;

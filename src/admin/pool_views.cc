@@ -20,6 +20,8 @@ PoolTotals& PoolTotals::operator+=(const PoolTotals& o) {
   for (size_t i = 0; i < disconnects.size(); ++i) disconnects[i] += o.disconnects[i];
   hold_warnings_active += o.hold_warnings_active;
   hold_warnings_idle_in_transaction += o.hold_warnings_idle_in_transaction;
+  for (size_t i = 0; i < pins.size(); ++i) pins[i] += o.pins[i];
+  pins_ended += o.pins_ended;
   for (const auto& [k, n] : o.server_errors) server_errors[k] += n;
   for (const auto& [k, n] : o.sluice_errors) sluice_errors[k] += n;
   return *this;
@@ -47,6 +49,8 @@ PoolTotals sumShards(const pool::Pool& pool) {
     for (size_t i = 0; i < t.disconnects.size(); ++i) t.disconnects[i] += s->disconnects[i].get();
     t.hold_warnings_active += s->hold_warnings_active.get();
     t.hold_warnings_idle_in_transaction += s->hold_warnings_idle_in_transaction.get();
+    for (size_t i = 0; i < t.pins.size(); ++i) t.pins[i] += s->pins[i].get();
+    t.pins_ended += s->pins_ended.get();
     s->server_errors.forEach([&](const std::string& k, uint64_t n) { t.server_errors[k] += n; });
     s->sluice_errors.forEach([&](const std::string& k, uint64_t n) { t.sluice_errors[k] += n; });
   }

@@ -34,6 +34,10 @@ constexpr std::pair<std::string_view, AuthType> kAuthTypes[] = {
     {"cert", AuthType::kCert},
     {"hba", AuthType::kHba},
 };
+constexpr std::pair<std::string_view, SessionStatePolicy> kSessionStatePolicies[] = {
+    {"pin", SessionStatePolicy::kPin},
+    {"refuse", SessionStatePolicy::kRefuse},
+};
 constexpr std::pair<std::string_view, double> kDurationUnitsMs[] = {
     {"", 1000}, {"s", 1000}, {"ms", 1}, {"us", 0.001}, {"min", 60e3}, {"h", 3600e3}, {"d", 86400e3},
 };
@@ -42,6 +46,7 @@ constexpr std::string_view kSslModes[] = {"disable", "allow",     "prefer",
 
 constexpr char kExpectPoolMode[] = "expected session, transaction or statement";
 constexpr char kExpectAuthType[] = "expected trust, any, plain, md5, scram-sha-256, cert or hba";
+constexpr char kExpectSessionState[] = "expected pin or refuse";
 constexpr char kExpectBool[] = "expected 1, 0, yes, no, on, off, true or false";
 constexpr char kExpectDuration[] = "expected a duration in seconds such as 30, 0.5 or 250ms";
 constexpr char kExpectSslMode[] =
@@ -245,7 +250,8 @@ struct ListSetting {
 };
 using SettingField =
     std::variant<IntSetting, ListSetting, bool Settings::*, Duration Settings::*,
-                 std::string Settings::*, PoolMode Settings::*, AuthType Settings::*>;
+                 std::string Settings::*, PoolMode Settings::*, AuthType Settings::*,
+                 SessionStatePolicy Settings::*>;
 struct SettingSpec {
   std::string_view name;
   SettingField field;
@@ -321,6 +327,7 @@ const SettingSpec kSettingSpecs[] = {
     {"hold_warn_threshold", &Settings::hold_warn_threshold},
     {"max_waiting_clients", IntSetting{&Settings::max_waiting_clients, 0, kIntMax}},
     {"server_connect_parallelism", IntSetting{&Settings::server_connect_parallelism, 1, kIntMax}},
+    {"session_state", &Settings::session_state},
 };
 
 template <typename... F>
@@ -347,6 +354,13 @@ void applySetting(Settings& s, const SettingField& field, std::string_view key,
                      throwBadValue(where, key, value, kExpectAuthType);
                    }
                    s.*f = *type;
+                 },
+                 [&](SessionStatePolicy Settings::*f) {
+                   std::optional<SessionStatePolicy> policy = lookup(kSessionStatePolicies, value);
+                   if (!policy) {
+                     throwBadValue(where, key, value, kExpectSessionState);
+                   }
+                   s.*f = *policy;
                  },
              },
              field);
@@ -594,6 +608,9 @@ class Loader {
 
 const char* poolModeName(PoolMode m) { return nameOf(kPoolModes, m); }
 const char* authTypeName(AuthType a) { return nameOf(kAuthTypes, a); }
+const char* sessionStatePolicyName(SessionStatePolicy p) {
+  return nameOf(kSessionStatePolicies, p);
+}
 
 const DatabaseEntry* Config::findDatabase(const std::string& name) const {
   const DatabaseEntry* fallback = nullptr;

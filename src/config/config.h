@@ -18,9 +18,14 @@ using Duration = std::chrono::milliseconds;  // 0 means "disabled" where PgBounc
 
 enum class PoolMode { kSession, kTransaction, kStatement };
 enum class AuthType { kTrust, kAny, kPlain, kMd5, kScramSha256, kCert, kHba };
+// What transaction and statement pooling do with session state they cannot carry (LISTEN, a
+// session advisory lock, a temporary table, ...; protocol/session_state.h): keep the client on
+// its server for the rest of its session, or refuse the query.
+enum class SessionStatePolicy { kPin, kRefuse };
 
 const char* poolModeName(PoolMode m);
 const char* authTypeName(AuthType a);
+const char* sessionStatePolicyName(SessionStatePolicy p);
 
 // One line of [databases]. Unset optionals fall back to [pgbouncer] settings.
 struct DatabaseEntry {
@@ -123,6 +128,7 @@ struct Settings {
   Duration hold_warn_threshold{0};
   int max_waiting_clients = 0;  // 0 = unlimited (bounded by max_client_conn)
   int server_connect_parallelism = 4;
+  SessionStatePolicy session_state = SessionStatePolicy::kPin;
 };
 
 struct Config {

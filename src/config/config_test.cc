@@ -294,6 +294,19 @@ TEST(ConfigTest, NamesAreIniSpellings) {
   EXPECT_STREQ(authTypeName(AuthType::kHba), "hba");
 }
 
+TEST(ConfigTest, SessionStatePolicy) {
+  EXPECT_EQ(parse("[pgbouncer]\n")->settings.session_state, SessionStatePolicy::kPin);
+  EXPECT_EQ(parse("[sluice]\nsession_state = Refuse\n")->settings.session_state,
+            SessionStatePolicy::kRefuse);
+  EXPECT_EQ(parse("[sluice]\nsession_state = pin\n")->settings.session_state,
+            SessionStatePolicy::kPin);
+  EXPECT_STREQ(sessionStatePolicyName(SessionStatePolicy::kRefuse), "refuse");
+  EXPECT_EQ(errorOf("[sluice]\nsession_state = close\n"),
+            "/etc/sluice.ini:2: session_state = 'close': expected pin or refuse");
+  auto changed = withSetting(*parse("[sluice]\n"), "session_state", "refuse");
+  EXPECT_EQ(changed->settings.session_state, SessionStatePolicy::kRefuse);
+}
+
 // ---- value errors ----
 
 TEST(ConfigTest, BadIntegerIsAnError) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "admin/loop_gather.h"
+#include "protocol/session_state.h"
 #include "stats/close_reason.h"
 
 namespace sluice::http {
@@ -237,6 +238,25 @@ std::string renderMetrics(const session::SessionContext& ctx, const admin::Usage
       Labels l = s.labels;
       l.emplace_back("state", state);
       e.sample("sluice_pool_hold_warnings_total", l, n);
+    }
+  }
+  perPool("sluice_pool_pinned_clients", "gauge",
+          "Clients pinned to their server for the rest of their session by session state "
+          "transaction pooling cannot carry (session_state = pin)",
+          [](const PoolSample& s) {
+            uint64_t pins = 0;
+            for (uint64_t n : s.totals.pins) pins += n;
+            // Read one after the other: clamp a moment's skew.
+            return std::max<int64_t>(0, int64_t(pins) - int64_t(s.totals.pins_ended));
+          });
+  e.family("sluice_pool_pins_total", "counter",
+           "Clients pinned to their server by session state, by kind (the first state each "
+           "client created)");
+  for (const auto& s : pools) {
+    for (size_t k = 0; k < protocol::kNumSessionStates; ++k) {
+      Labels l = s.labels;
+      l.emplace_back("kind", protocol::sessionStateLabel(protocol::SessionState(k + 1)));
+      e.sample("sluice_pool_pins_total", l, s.totals.pins[k]);
     }
   }
   if (usage) {

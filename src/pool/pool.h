@@ -22,6 +22,7 @@
 #include "net/event_loop.h"
 #include "overload/wait_queue.h"
 #include "pool/server_conn.h"
+#include "protocol/session_state.h"
 #include "protocol/wire.h"
 #include "stats/close_reason.h"
 #include "stats/counter.h"
@@ -97,6 +98,11 @@ struct PoolShard {
   // then: running a query, or idle inside a transaction. Written by the loop's janitor task.
   stats::Counter hold_warnings_active;
   stats::Counter hold_warnings_idle_in_transaction;
+  // Clients pinned to their server by session state transaction pooling cannot carry, by kind
+  // (protocol::sessionStateIndex), and pinned clients gone since: the difference is how many
+  // are pinned now. A client pins and leaves on its own loop, so both are this shard's.
+  std::array<stats::Counter, protocol::kNumSessionStates> pins;
+  stats::Counter pins_ended;
   // ErrorResponses clients received: relayed from PostgreSQL, and sluice's own.
   stats::SqlstateCounts server_errors;
   stats::SqlstateCounts sluice_errors;

@@ -27,6 +27,9 @@ namespace {
 constexpr size_t kReadChunk = size_t{16} * 1024;
 constexpr size_t kHighWatermark = size_t{512} * 1024;  // client write buffer that pauses the server
 constexpr size_t kLowWatermark = size_t{64} * 1024;
+// Query and Parse texts are inspected for session state up to this size (a longer one only on
+// its first 64 KiB, as the prepared-statement rewriter reads them).
+constexpr size_t kMaxInspectedSql = size_t{64} * 1024;
 
 ErrorInfo makeError(const char* sqlstate, std::string message, const char* severity = "ERROR") {
   ErrorInfo e;
@@ -256,6 +259,12 @@ void ClientSession::closeQuietly(CloseReason reason, const std::string& detail) 
     pool_->cancelWait(wait_id_);
     wait_id_ = 0;
   }
+  if (server_ && pinned_ != protocol::SessionState::kNone && mode_ != config::PoolMode::kSession) {
+    // Its session state (a lock, LISTEN, a temporary table, ...) must not reach another client.
+    dropServer(std::string("client disconnected while pinned: ") +
+               protocol::sessionStateWhat(pinned_) + " may still be held");
+  }
+  if (pinned_ != protocol::SessionState::kNone && stats_) stats_->pins_ended.add();
   if (server_) {
     if (serverClean() && server_->pendingCancels == 0 && was == State::kActive) {
       if (mode_ == config::PoolMode::kSession) {
@@ -527,6 +536,9 @@ void ClientSession::sendWelcome() {
     auto i = protocol::trackedIndex(k);
     protocol::appendParameterStatus(out, k, i ? want_[*i] : v);
   }
+  // Clients can tell they talk to sluice, and in which mode (as PgBouncer's own parameters).
+  protocol::appendParameterStatus(out, "sluice_version", SLUICE_VERSION);
+  protocol::appendParameterStatus(out, "sluice_pool_mode", config::poolModeName(mode_));
   protocol::appendBackendKeyData(out, cancel_pid_, cancel_key_);
   protocol::appendReadyForQuery(out, 'I');
   send(out);
@@ -617,6 +629,29 @@ void ClientSession::processClient() {
       if (!last_statement_) last_statement_ = std::make_unique<std::string>();
       last_statement_->assign(diagnostics::statementText(
           data.substr(pos, std::min(hdr->total(), data.size() - pos)), kStatementShown));
+      if (mode_ != config::PoolMode::kSession && pinned_ == protocol::SessionState::kNone) {
+        // Session state transaction pooling cannot carry (LISTEN, a session advisory lock, a
+        // temporary table, ...): the client keeps this server, or its Query is refused.
+        size_t need = std::min(hdr->total(), kMaxInspectedSql);
+        if (data.size() - pos < need) break;  // wait for the rest of it
+        std::string_view sql =
+            t == 'Q' ? data.substr(pos + protocol::kHeaderSize, need - protocol::kHeaderSize)
+                     : diagnostics::statementText(data.substr(pos, need), need);
+        if (t == 'Q' && !sql.empty() && sql.back() == '\0') sql.remove_suffix(1);
+        auto kind = protocol::inspectSessionState(sql);
+        if (kind != protocol::SessionState::kNone) {
+          if (t == 'Q' && settings().session_state == config::SessionStatePolicy::kRefuse) {
+            forward(pos);
+            refuseSessionState(kind);
+            size_t have = std::min(hdr->total(), data.size() - pos);
+            discard_left_ = hdr->total() - have;
+            pos += have;
+            fwd_start = pos;
+            continue;
+          }
+          pin(kind);  // a Parse is pinned under refuse too (see docs/architecture.md)
+        }
+      }
     }
     if (!rewriter_ && rewrite_enabled_ && t != 'Q' && t != 'F' && t != 'd' && t != 'c' &&
         t != 'f') {
@@ -695,6 +730,46 @@ void ClientSession::processClient() {
     releaseBufferIfDrained();
     startRead();
   }
+}
+
+void ClientSession::pin(protocol::SessionState kind) {
+  pinned_ = kind;
+  stats_->pins[protocol::sessionStateIndex(kind)].add();
+  SLOG_INFO("{} pinned to its server connection for the rest of its session: {} is session state "
+            "that {} pooling cannot carry (application_name \"{}\", address {}, "
+            "session_state = pin)",
+            prefix(), protocol::sessionStateWhat(kind), config::poolModeName(mode_),
+            applicationName(), peer_);
+}
+
+// PostgreSQL itself raises the error: a DO block takes the Query's place, so the answer comes in
+// order after earlier pipelined queries, and an open transaction is aborted as the refused
+// statement would have aborted it (ReadyForQuery 'E'), exactly as on a direct connection.
+void ClientSession::refuseSessionState(protocol::SessionState kind) {
+  std::string message = fmt::format(
+      "sluice: {} is session state that transaction pooling cannot carry; refused because "
+      "session_state = refuse (pool {} has pool_mode = {}). Set session_state = pin to keep such "
+      "a client on one server connection, or use pool_mode = session for this database",
+      protocol::sessionStateWhat(kind), pool_->name(), config::poolModeName(mode_));
+  std::string query;
+  protocol::appendQuery(
+      query, "DO " + protocol::quoteLiteral(
+                         "BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', "
+                         "MESSAGE = " +
+                         protocol::quoteLiteral(message) + "; END"));
+  if (rewriter_) {
+    std::string& to_server = loopState().rw_to_server;
+    std::string& to_client = loopState().rw_to_client;
+    to_server.clear();
+    to_client.clear();
+    auto action = rewriter_->onClientMessage(query, to_server, to_client);  // a Query never waits
+    if (!to_client.empty()) send(to_client);
+    server_->send(action == protocol::Rewriter::Action::kReplace ? to_server : query);
+  } else {
+    server_->send(query);
+    server_->noteQueryForwarded();
+  }
+  noteRequest();
 }
 
 void ClientSession::noteRequest() {
@@ -887,7 +962,8 @@ void ClientSession::onServerReady() {
     return;
   }
   // passthrough_left_: part of the next message is already on its way to this server.
-  if (mode_ != config::PoolMode::kSession && serverClean() && passthrough_left_ == 0) {
+  if (mode_ != config::PoolMode::kSession && pinned_ == protocol::SessionState::kNone &&
+      serverClean() && passthrough_left_ == 0) {
     releaseServer(t);
     state_ = State::kIdle;
   }
@@ -979,7 +1055,8 @@ void ClientSession::onCancelRequest() {
   auto finish = [self, server] {
     if (--server->pendingCancels == 0 && self->release_when_cancelled_) {
       self->release_when_cancelled_ = false;
-      if (self->server_ == server && self->serverClean()) {
+      if (self->server_ == server && self->serverClean() &&
+          self->pinned_ == protocol::SessionState::kNone) {
         self->releaseServer();
         if (self->state_ == State::kActive) self->state_ = State::kIdle;
         self->processClient();

@@ -22,6 +22,7 @@
 #include "pool/pool.h"
 #include "pool/server_conn.h"
 #include "protocol/prepared_statements.h"
+#include "protocol/session_state.h"
 #include "protocol/tracked_params.h"
 #include "session/session_context.h"
 #include "stats/close_reason.h"
@@ -95,6 +96,9 @@ class ClientSession : public pool::PoolClient,
   const std::shared_ptr<pool::Pool>& pool() const { return pool_; }
   static constexpr size_t kStatementShown = 200;
   bool closing() const { return close_after_write_ || state_ == State::kClosed; }
+  // The session state that pinned this client to its server (transaction and statement
+  // pooling, session_state = pin), kNone while it is not pinned. SHOW HOLDERS shows it.
+  protocol::SessionState pinned() const { return pinned_; }
 
  private:
   void startRead();
@@ -120,6 +124,9 @@ class ClientSession : public pool::PoolClient,
   void startRelay();         // server synced: -> kActive
   void startRewriter();      // virtualize prepared statements from the next message on
   void noteRequest();        // a Query, Sync or FunctionCall went to the server
+  // A Query or Parse creates session state transaction pooling cannot carry (session_state):
+  void pin(protocol::SessionState kind);  // keep this server until the client leaves
+  void refuseSessionState(protocol::SessionState kind);  // the Query fails in PostgreSQL
   bool serverClean() const;  // nothing owed, no batch open, transaction idle
   void attachServer(std::shared_ptr<pool::ServerConn> server, TimePoint t);  // t: now
   void releaseServer(TimePoint t = now());
@@ -186,6 +193,7 @@ class ClientSession : public pool::PoolClient,
   // A message that needs the rewriter waits for the server's answers to earlier simple queries.
   bool lazy_rewrite_waiting_ = false;
   bool release_when_cancelled_ = false;  // release deferred until pending cancels finish
+  protocol::SessionState pinned_ = protocol::SessionState::kNone;  // see pinned()
 };
 
 }  // namespace sluice::session

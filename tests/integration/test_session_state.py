@@ -1,0 +1,276 @@
+"""Session state in transaction pooling (issue 4): LISTEN, session advisory locks, temporary
+tables, WITH HOLD cursors, SQL PREPARE and SET ROLE pin the client to its server
+(session_state = pin, the default) or are refused (session_state = refuse); transaction-scoped
+look-alikes pin nothing; clients see sluice's ParameterStatus. PgBouncer 1.18 has none of this
+(it hands the server to the next client and the state leaks or is lost), so most tests are
+sluice_only; the "does not pin" ones run against both."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+
+import asyncpg
+import psycopg
+import pytest
+
+from harness import free_port, wait_until
+from test_http import scrape, value
+
+DB = {"database": "appdb", "user": "sluice_md5"}
+sluice_only = pytest.mark.sluice_only(reason="session_state pinning is sluice's (issue 4)")
+
+
+def start(poolers, **settings):
+    port = free_port()
+    p = poolers(settings={"default_pool_size": 1, "http_listen": f"127.0.0.1:{port}",
+                          **settings})
+    p.http_port = port
+    return p
+
+
+def ensure_role(pg):
+    pg.execute("DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pin_role') "
+               "THEN CREATE ROLE pin_role; END IF; END$$")
+    pg.execute("GRANT pin_role TO sluice_md5")
+
+
+class Waiter:
+    """A second client's query in a thread: did it get a server, and when."""
+
+    def __init__(self, p, sql="SELECT pg_backend_pid()"):
+        self.conn = p.connect(application_name="second")
+        self.result = None
+        self.error = None
+        self.thread = threading.Thread(target=self._run, args=(sql,), daemon=True)
+        self.thread.start()
+
+    def _run(self, sql):
+        try:
+            self.result = self.conn.execute(sql).fetchone()[0]
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            self.error = e
+
+    def done(self, timeout):
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+    def close(self):
+        self.conn.close()
+
+
+# kind -> (statements that create the state, a check in a later transaction that it is there)
+def check_listen(p, pg, c):
+    got = []
+    c.add_notify_handler(got.append)
+    with pg.connect(dbname="appdb") as other:  # LISTEN/NOTIFY are per database
+        other.execute("NOTIFY pin_jobs, 'hello'")
+    wait_until(lambda: c.execute("SELECT 1") and got, 5, what="the notification")
+    assert [(n.channel, n.payload) for n in got] == [("pin_jobs", "hello")]
+
+
+def check_advisory(p, pg, c):
+    pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+    rows = pg.execute("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 "
+                      "AND granted")
+    assert rows == [(pid,)]
+
+
+def check_temp(p, pg, c):
+    assert c.execute("SELECT a FROM pin_tmp").fetchall() == [(7,)]
+
+
+def check_with_hold(p, pg, c):
+    assert c.execute("FETCH ABSOLUTE 1 FROM pin_cur").fetchone() == (1,)
+    assert c.execute("FETCH ABSOLUTE 3 FROM pin_cur").fetchone() == (3,)
+
+
+def check_prepare(p, pg, c):
+    assert c.execute("EXECUTE pin_q(21)").fetchone() == (42,)
+
+
+def check_role(p, pg, c):
+    assert c.execute("SELECT current_user").fetchone() == ("pin_role",)
+
+
+KINDS = {
+    "listen": (["LISTEN pin_jobs"], check_listen, "LISTEN"),
+    "advisory_lock": (["SELECT pg_advisory_lock(4242)"], check_advisory,
+                      "a session advisory lock"),
+    "temp_table": (["CREATE TEMP TABLE pin_tmp (a int)", "INSERT INTO pin_tmp VALUES (7)"],
+                   check_temp, "a temporary table"),
+    "with_hold": (["DECLARE pin_cur SCROLL CURSOR WITH HOLD FOR SELECT generate_series(1, 3)"],
+                  check_with_hold, "a cursor WITH HOLD"),
+    "sql_prepare": (["PREPARE pin_q (int) AS SELECT $1 * 2"], check_prepare,
+                    "an SQL-level prepared statement"),
+    "session_authorization": (["SET ROLE pin_role"], check_role, "a session role change"),
+}
+
+
+@sluice_only
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_pin_keeps_session_state_and_the_server(poolers, pg, kind):
+    ensure_role(pg)
+    statements, check, what = KINDS[kind]
+    p = start(poolers, query_wait_timeout=30)
+    first = p.connect(application_name="pinner")
+    pid = first.execute("SELECT pg_backend_pid()").fetchone()[0]
+    for sql in statements:
+        first.execute(sql)
+    # Several transactions later the state is still there, on the same backend.
+    for _ in range(3):
+        first.execute("BEGIN")
+        first.execute("SELECT 1")
+        first.execute("COMMIT")
+        check(p, pg, first)
+        assert first.execute("SELECT pg_backend_pid()").fetchone()[0] == pid
+    # The only server is pinned: a second client waits until the first leaves.
+    second = Waiter(p)
+    assert not second.done(1.0), "the second client got a server while the first was pinned"
+    [holder] = [r for r in p.admin("SHOW HOLDERS") if r["application_name"] == "pinner"]
+    assert holder["pinned"] == kind
+    metrics = scrape(p)
+    assert value(metrics, "sluice_pool_pins_total", kind=kind, **DB) == 1
+    assert value(metrics, "sluice_pool_pinned_clients", **DB) == 1
+    first.close()
+    assert second.done(10), "the second client never got a server after the first left"
+    assert second.error is None, second.error
+    # The pinned server was closed (its state is unknown), not handed on.
+    assert second.result != pid
+    wait_until(lambda: pg.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+                                  (pid,)) == [(0,)], 5, what="the pinned backend to close")
+    second.close()
+    assert value(scrape(p), "sluice_pool_pinned_clients", **DB) == 0
+    lines = re.findall(r".*pinned to its server connection.*", p.log())
+    assert len(lines) == 1, lines
+    assert re.search(rf"\[C\d+ appdb/sluice_md5@127\.0\.0\.1:\d+\] pinned to its server "
+                     rf"connection for the rest of its session: {re.escape(what)}.*"
+                     rf"application_name \"pinner\", address 127\.0\.0\.1:\d+", lines[0]), lines
+    if kind == "advisory_lock":
+        assert pg.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                          "AND objid = 4242") == [(0,)]
+
+
+@sluice_only
+def test_pin_is_logged_once_and_counted_by_its_first_kind(poolers, pg):
+    p = start(poolers)
+    with p.connect(application_name="many") as c:
+        c.execute("LISTEN a")
+        c.execute("LISTEN b")
+        c.execute("SELECT pg_advisory_lock(99)")
+        metrics = scrape(p)
+        assert value(metrics, "sluice_pool_pins_total", kind="listen", **DB) == 1
+        assert value(metrics, "sluice_pool_pins_total", kind="advisory_lock", **DB) == 0
+    assert len(re.findall(r"pinned to its server connection", p.log())) == 1
+
+
+@sluice_only
+def test_pin_from_an_extended_protocol_parse(poolers, pg):
+    # psycopg sends a query with parameters as Parse/Bind/Execute: the Parse text pins.
+    # Under refuse a Parse is pinned too (documented): only simple Queries are refused.
+    p = start(poolers, session_state="refuse", query_wait_timeout=30)
+    c = p.connect(application_name="ext")
+    pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+    c.execute("SELECT pg_advisory_lock(%s)", (4242,))
+    c.execute("SELECT 1")
+    assert pg.execute("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242") \
+        == [(pid,)]
+    assert value(scrape(p), "sluice_pool_pins_total", kind="advisory_lock", **DB) == 1
+    c.close()
+
+
+@sluice_only
+def test_second_client_times_out_naming_the_pool_while_the_server_is_pinned(poolers, pg):
+    p = start(poolers, query_wait_timeout=1)
+    with p.connect() as first:
+        first.execute("LISTEN pin_jobs")
+        with p.connect() as second:
+            # libpq drops the SQLSTATE of an error right before the close; the text stays.
+            with pytest.raises(psycopg.OperationalError) as e:
+                second.execute("SELECT 1")
+            assert "query_wait_timeout" in str(e.value) and "appdb/sluice_md5" in str(e.value)
+        first.execute("SELECT 1")  # the pinned client is unaffected
+
+
+@sluice_only
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_refuse_answers_0A000_and_the_connection_stays_usable(poolers, pg, kind):
+    ensure_role(pg)
+    statements, _, what = KINDS[kind]
+    p = start(poolers, session_state="refuse")
+    with p.connect() as c:
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+            c.execute(statements[0])
+        msg = e.value.diag.message_primary
+        assert e.value.sqlstate == "0A000"
+        assert msg.startswith(f"sluice: {what}"), msg
+        assert "transaction pooling cannot carry" in msg, msg
+        assert "session_state = refuse" in msg and "session_state = pin" in msg, msg
+        assert "pool_mode = session" in msg and "appdb/sluice_md5" in msg, msg
+        assert c.execute("SELECT 41 + 1").fetchone() == (42,)
+        # Inside a transaction the refusal aborts it, as PostgreSQL's own error would.
+        c.execute("BEGIN")
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            c.execute(statements[0])
+        assert c.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        c.execute("ROLLBACK")
+        assert c.execute("SELECT 2").fetchone() == (2,)
+        # Nothing was created and nothing pinned: another client gets the only server.
+        with p.connect() as other:
+            assert other.execute("SELECT 1").fetchone() == (1,)
+    assert value(scrape(p), "sluice_pool_pinned_clients", **DB) == 0
+    if kind == "advisory_lock":
+        assert pg.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                          "AND objid = 4242") == [(0,)]
+
+
+@sluice_only
+def test_refuse_in_a_multi_statement_query(poolers, pg):
+    p = start(poolers, session_state="refuse")
+    with p.connect() as c:
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            c.execute("SELECT 1; LISTEN pin_jobs")
+        assert c.execute("SELECT 3").fetchone() == (3,)
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT pg_advisory_xact_lock(4242)",
+    "SELECT 'LISTEN x', 'CREATE TEMP TABLE t()'",
+    "SELECT 1 -- ; LISTEN x",
+    "CREATE TEMP TABLE pin_gone (a int) ON COMMIT DROP",
+])
+def test_transaction_scoped_lookalikes_do_not_pin(poolers, pg, sql):
+    p = poolers(settings={"default_pool_size": 1, "query_wait_timeout": 30})
+    with p.connect() as first:
+        first.execute("BEGIN")
+        first.execute(sql)
+        first.execute("COMMIT")
+        first.execute(sql)  # outside a block too
+        second = Waiter(p, "SELECT 1")
+        assert second.done(5), "the second client waited: the first client was pinned"
+        assert second.error is None, second.error
+        second.close()
+    assert "pinned" not in p.log()
+
+
+@sluice_only
+def test_sluice_reports_itself_in_parameter_status(poolers):
+    p = poolers()
+    with p.connect() as c:
+        version = c.info.parameter_status("sluice_version")
+        assert version is not None and re.fullmatch(r"\d+\.\d+\.\d+", version), version
+        assert c.info.parameter_status("sluice_pool_mode") == "transaction"
+        assert c.execute("SELECT 1").fetchone() == (1,)
+
+    async def via_asyncpg():
+        conn = await asyncpg.connect(**{k: v for k, v in p.conn_kwargs().items()
+                                        if k not in ("connect_timeout", "sslmode", "dbname")},
+                                     database="appdb", ssl=False)
+        try:
+            settings = conn.get_settings()
+            return settings.sluice_pool_mode, await conn.fetchval("SELECT 1")
+        finally:
+            await conn.close()
+
+    assert asyncio.run(via_asyncpg()) == ("transaction", 1)
