@@ -637,9 +637,7 @@ std::string configValue(bool v) { return v ? "1" : "0"; }
 std::string configValue(const std::string& v) { return v; }
 std::string configValue(config::PoolMode v) { return config::poolModeName(v); }
 std::string configValue(config::AuthType v) { return config::authTypeName(v); }
-std::string configValue(config::SessionStatePolicy v) {
-  return config::sessionStatePolicyName(v);
-}
+std::string configValue(config::SessionStatePolicy v) { return config::sessionStatePolicyName(v); }
 std::string configValue(config::Duration v) {  // seconds, as PgBouncer writes them
   if (v.count() % 1000 == 0) return std::to_string(v.count() / 1000);
   return fmt::format("{:g}", v.count() / 1000.0);

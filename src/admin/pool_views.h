@@ -36,8 +36,8 @@ struct PoolTotals {
   uint64_t hold_warnings_active = 0;
   uint64_t hold_warnings_idle_in_transaction = 0;
   std::array<uint64_t, protocol::kNumSessionStates> pins{};  // by protocol::sessionStateIndex
-  uint64_t pins_ended = 0;  // pinned clients that disconnected
-  std::map<std::string, uint64_t> server_errors;  // by SQLSTATE
+  uint64_t pins_ended = 0;                                   // pinned clients that disconnected
+  std::map<std::string, uint64_t> server_errors;             // by SQLSTATE
   std::map<std::string, uint64_t> sluice_errors;
 
   PoolTotals& operator+=(const PoolTotals& o);

@@ -248,10 +248,9 @@ struct ListSetting {
   std::vector<std::string> Settings::*field;
   bool lower_case = false;
 };
-using SettingField =
-    std::variant<IntSetting, ListSetting, bool Settings::*, Duration Settings::*,
-                 std::string Settings::*, PoolMode Settings::*, AuthType Settings::*,
-                 SessionStatePolicy Settings::*>;
+using SettingField = std::variant<IntSetting, ListSetting, bool Settings::*, Duration Settings::*,
+                                  std::string Settings::*, PoolMode Settings::*,
+                                  AuthType Settings::*, SessionStatePolicy Settings::*>;
 struct SettingSpec {
   std::string_view name;
   SettingField field;

@@ -124,8 +124,7 @@ void EventLoop::freeDead() {
   dead_.resize(keep);
 }
 
-EventLoop::TimerId EventLoop::runAfter(std::chrono::milliseconds delay,
-                                       std::function<void()> fn) {
+EventLoop::TimerId EventLoop::runAfter(std::chrono::milliseconds delay, std::function<void()> fn) {
   TimerId id = next_timer_++;
   TimePoint at = now() + delay;
   timers_.emplace(std::make_pair(at, id), std::move(fn));
@@ -138,6 +137,15 @@ void EventLoop::cancelTimer(TimerId id) {
   if (it == timer_at_.end()) return;
   timers_.erase({it->second, id});
   timer_at_.erase(it);
+}
+
+void EventLoop::release(TimerId& timer, Slot*& slot, int& fd) {
+  if (timer != 0) cancelTimer(timer);
+  timer = 0;
+  if (slot != nullptr) remove(slot);
+  slot = nullptr;
+  if (fd >= 0) ::close(fd);
+  fd = -1;
 }
 
 void EventLoop::start() {

@@ -76,6 +76,9 @@ class EventLoop {
   using TimerId = uint64_t;
   TimerId runAfter(std::chrono::milliseconds delay, std::function<void()> fn);
   void cancelTimer(TimerId id);
+  // A connection's end: cancels its timer, deregisters and closes its descriptor (any of them
+  // may already be gone), and resets all three.
+  void release(TimerId& timer, Slot*& slot, int& fd);
 
   void start();
   void stop();  // ends the loop at its next turn
@@ -103,14 +106,14 @@ class EventLoop {
   std::atomic<bool> draining_{false};
 
   std::mutex mu_;
-  std::vector<std::function<void()>> posted_;  // GUARDED_BY(mu_)
+  std::vector<std::function<void()>> posted_;   // GUARDED_BY(mu_)
   std::vector<std::function<void()>> running_;  // loop thread: the batch being run
 
   // Loop thread only.
-  Slot* live_ = nullptr;  // registered slots, most recent first
-  std::vector<Slot*> ready_;    // slots whose wanted read or write can run now
+  Slot* live_ = nullptr;      // registered slots, most recent first
+  std::vector<Slot*> ready_;  // slots whose wanted read or write can run now
   std::vector<Slot*> running_ready_;
-  std::vector<Slot*> dead_;     // removed this turn; freed at its end
+  std::vector<Slot*> dead_;  // removed this turn; freed at its end
   std::map<std::pair<TimePoint, TimerId>, std::function<void()>> timers_;
   std::unordered_map<TimerId, TimePoint> timer_at_;
   TimerId next_timer_ = 1;

@@ -187,8 +187,8 @@ void Pool::deliver(std::shared_ptr<PoolClient> client, std::shared_ptr<ServerCon
 void Pool::release(std::shared_ptr<ServerConn> server, TimePoint t) {
   server->detach(t);
   std::unique_lock lock(mu_);
-  bool too_old = settings_.server_lifetime.count() > 0 &&
-                 t - server->createdAt() >= settings_.server_lifetime;
+  bool too_old =
+      settings_.server_lifetime.count() > 0 && t - server->createdAt() >= settings_.server_lifetime;
   bool stale = server->generation < generation_;
   if (too_old || stale || paused_ || total_ > settings_.pool_size + settings_.reserve_pool_size) {
     lock.unlock();

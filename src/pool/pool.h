@@ -210,9 +210,9 @@ class Pool : public std::enable_shared_from_this<Pool> {
   std::vector<std::pair<std::string, std::string>> welcome_;    // GUARDED_BY(mu_)
   protocol::TrackedSet welcome_tracked_;                        // GUARDED_BY(mu_)
   static constexpr size_t kMaxInternedTracked = 64;
-  std::vector<protocol::TrackedSet> interned_tracked_;          // GUARDED_BY(mu_)
-  bool has_welcome_ = false;                                    // GUARDED_BY(mu_)
-  std::optional<std::array<uint8_t, 32>> scram_client_key_;     // GUARDED_BY(mu_)
+  std::vector<protocol::TrackedSet> interned_tracked_;       // GUARDED_BY(mu_)
+  bool has_welcome_ = false;                                 // GUARDED_BY(mu_)
+  std::optional<std::array<uint8_t, 32>> scram_client_key_;  // GUARDED_BY(mu_)
   uint64_t generation_ = 0;     // bumped by closeIdle(); older servers close on release
   int current_generation_ = 0;  // servers of generation_ (GUARDED_BY(mu_)); the rest are stale
   bool paused_ = false;         // GUARDED_BY(mu_)

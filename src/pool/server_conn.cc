@@ -1,12 +1,12 @@
 #include "pool/server_conn.h"
 
+#include <arpa/inet.h>
 #include <fmt/format.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <arpa/inet.h>
-#include <netdb.h>
-#include <sys/un.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -59,9 +59,10 @@ void ServerConn::connect(const ServerLogin& login, std::function<void(Status, st
   timer_ = loop_->runAfter(login_.connect_timeout, [self] {
     self->timer_ = 0;
     if (self->state_ != State::kLogin) return;
-    self->fail(fmt::format("server_connect_timeout ({} s) expired while connecting to {}",
-                           self->login_.connect_timeout.count() / 1000.0, serverWhere(self->login_)),
-               sqlstate::kConnectionFailure);
+    self->fail(
+        fmt::format("server_connect_timeout ({} s) expired while connecting to {}",
+                    self->login_.connect_timeout.count() / 1000.0, serverWhere(self->login_)),
+        sqlstate::kConnectionFailure);
   });
 
   sockaddr_storage ss{};
@@ -613,12 +614,7 @@ void ServerConn::close(const std::string& reason) {
   }
   state_ = State::kClosed;
   SLOG_INFO("{} closing: {} (age {:.1f} s)", describe(), reason, secondsSince(created_at_));
-  if (timer_ != 0) loop_->cancelTimer(timer_);
-  timer_ = 0;
-  if (slot_ != nullptr) loop_->remove(slot_);
-  slot_ = nullptr;
-  if (fd_ >= 0) ::close(fd_);
-  fd_ = -1;
+  loop_->release(timer_, slot_, fd_);
   pool_->onServerClosed(this);
 }
 

@@ -9,8 +9,9 @@
 // it reads to its ServerListener untouched.
 #pragma once
 
-#include <array>
 #include <sys/socket.h>
+
+#include <array>
 #include <functional>
 #include <map>
 #include <memory>
@@ -20,8 +21,8 @@
 #include "common/clock.h"
 #include "common/status.h"
 #include "net/buffer.h"
-#include "net/outbox.h"
 #include "net/event_loop.h"
+#include "net/outbox.h"
 #include "protocol/prepared_statements.h"
 #include "protocol/tracked_params.h"
 #include "protocol/wire.h"
@@ -166,8 +167,8 @@ class ServerConn : public net::IoWatcher, public std::enable_shared_from_this<Se
   std::unique_ptr<ScramState> scram_;
 
   net::ByteBuffer in_;
-  net::Outbox outbox_;   // what the socket did not take yet
-  std::string scratch_;  // replacement messages from the listener's rewriter
+  net::Outbox outbox_;            // what the socket did not take yet
+  std::string scratch_;           // replacement messages from the listener's rewriter
   bool write_in_flight_ = false;  // waiting for writability (or a write failed)
   bool read_in_flight_ = false;
   bool paused_ = false;

@@ -10,20 +10,18 @@
 namespace sluice::protocol {
 
 const char* sessionStateLabel(SessionState s) {
-  static constexpr const char* kLabels[] = {
-      "",
+  static constexpr const char* kLabels[] = {"",
 #define SLUICE_X(e, label, what) label,
-      SLUICE_SESSION_STATES(SLUICE_X)
+                                            SLUICE_SESSION_STATES(SLUICE_X)
 #undef SLUICE_X
   };
   return kLabels[size_t(s)];
 }
 
 const char* sessionStateWhat(SessionState s) {
-  static constexpr const char* kWhat[] = {
-      "",
+  static constexpr const char* kWhat[] = {"",
 #define SLUICE_X(e, label, what) what,
-      SLUICE_SESSION_STATES(SLUICE_X)
+                                          SLUICE_SESSION_STATES(SLUICE_X)
 #undef SLUICE_X
   };
   return kWhat[size_t(s)];
@@ -63,8 +61,8 @@ bool mayNeedLexing(std::string_view s) {
     __m128i acc = _mm_setzero_si128();
     auto block = [&](size_t i) {
       __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
-      acc = _mm_or_si128(acc, _mm_or_si128(_mm_cmpeq_epi8(_mm_or_si128(b, k20), kv),
-                                           _mm_cmpeq_epi8(b, ksemi)));
+      acc = _mm_or_si128(
+          acc, _mm_or_si128(_mm_cmpeq_epi8(_mm_or_si128(b, k20), kv), _mm_cmpeq_epi8(b, ksemi)));
     };
     for (size_t i = 0; i + 16 < n; i += 16) block(i);
     block(n - 16);
@@ -193,8 +191,8 @@ void forEachStatement(std::string_view s, F f) {
            lower(word[0]) == 'n')) {
         skipQuoted('\'', lower(word[0]) == 'e');  // E'..' takes backslash escapes
         toks.push_back({Token::kLiteral, {}});
-      } else if (i < n && s[i] == '&' && word.size() == 1 && lower(word[0]) == 'u' &&
-                 i + 1 < n && (s[i + 1] == '\'' || s[i + 1] == '"')) {
+      } else if (i < n && s[i] == '&' && word.size() == 1 && lower(word[0]) == 'u' && i + 1 < n &&
+                 (s[i + 1] == '\'' || s[i + 1] == '"')) {
         ++i;  // U&'...' or U&"..."
         char q = s[i];
         skipQuoted(q, false);

@@ -17,13 +17,13 @@ namespace sluice::protocol {
 
 // X(enum, label, what): `label` is the `kind` label of sluice_pool_pins_total and what SHOW
 // HOLDERS shows; `what` names the SQL in messages.
-#define SLUICE_SESSION_STATES(X)                                                            \
-  X(kAdvisoryLock, "advisory_lock", "a session advisory lock (pg_advisory_lock)")           \
-  X(kListen, "listen", "LISTEN")                                                            \
-  X(kTempTable, "temp_table", "a temporary table, view or sequence (CREATE TEMP)")          \
-  X(kWithHold, "with_hold", "a cursor WITH HOLD (DECLARE ... WITH HOLD)")                   \
-  X(kSqlPrepare, "sql_prepare", "an SQL-level prepared statement (PREPARE name AS ...)")    \
-  X(kSessionAuthorization, "session_authorization",                                         \
+#define SLUICE_SESSION_STATES(X)                                                         \
+  X(kAdvisoryLock, "advisory_lock", "a session advisory lock (pg_advisory_lock)")        \
+  X(kListen, "listen", "LISTEN")                                                         \
+  X(kTempTable, "temp_table", "a temporary table, view or sequence (CREATE TEMP)")       \
+  X(kWithHold, "with_hold", "a cursor WITH HOLD (DECLARE ... WITH HOLD)")                \
+  X(kSqlPrepare, "sql_prepare", "an SQL-level prepared statement (PREPARE name AS ...)") \
+  X(kSessionAuthorization, "session_authorization",                                      \
     "a session role change (SET ROLE / SET SESSION AUTHORIZATION)")
 
 enum class SessionState : uint8_t {

@@ -139,8 +139,7 @@ TEST(SessionState, LongQueriesUseTheVectorPathAndItsOverlappingTail) {
     EXPECT_EQ(inspect("SELECT pg_advisory_lock(1), '" + std::string(len, 'a') + "'"),
               S::kAdvisoryLock)
         << len;
-    EXPECT_EQ(inspect("SELECT " + std::string(len, ' ') + "pg_advisory_lock(1)"),
-              S::kAdvisoryLock)
+    EXPECT_EQ(inspect("SELECT " + std::string(len, ' ') + "pg_advisory_lock(1)"), S::kAdvisoryLock)
         << len;
   }
   EXPECT_EQ(inspect("SELECT " + pad + " FROM t WHERE v = 1"), S::kNone);

@@ -12,10 +12,9 @@ namespace {
 constexpr std::chrono::milliseconds kCancelTimeout{10000};
 }  // namespace
 
-void CancelForwarder::start(net::EventLoop* loop, const sockaddr_storage& peer,
-                            socklen_t peer_len, std::string packet, std::function<void()> done) {
-  std::shared_ptr<CancelForwarder> f(
-      new CancelForwarder(loop, std::move(packet), std::move(done)));
+void CancelForwarder::start(net::EventLoop* loop, const sockaddr_storage& peer, socklen_t peer_len,
+                            std::string packet, std::function<void()> done) {
+  std::shared_ptr<CancelForwarder> f(new CancelForwarder(loop, std::move(packet), std::move(done)));
   // A failure is reported from a fresh task, never from inside the caller.
   auto fail = [loop, f] { loop->post([f] { f->finish(); }); };
   f->fd_ = ::socket(peer.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -50,12 +49,7 @@ void CancelForwarder::onReadable() {
 }
 
 void CancelForwarder::finish() {
-  if (timer_ != 0) loop_->cancelTimer(timer_);
-  timer_ = 0;
-  if (slot_ != nullptr) loop_->remove(slot_);
-  slot_ = nullptr;
-  if (fd_ >= 0) ::close(fd_);
-  fd_ = -1;
+  loop_->release(timer_, slot_, fd_);
   if (done_) {
     auto done = std::move(done_);
     done_ = nullptr;

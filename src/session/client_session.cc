@@ -1,14 +1,12 @@
 #include "session/client_session.h"
 
+#include <fmt/format.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <cstring>
-
-#include <fmt/format.h>
-#include <strings.h>
-
 #include <algorithm>
+#include <cstring>
 
 #include "common/log.h"
 #include "diagnostics/lease_watch.h"
@@ -300,10 +298,8 @@ void ClientSession::closeQuietly(CloseReason reason, const std::string& detail) 
               stats::closeReasonToken(reason), detail_text.empty() ? "" : ": ", detail_text,
               secondsSince(connected_at_), transactions_);
   }
-  loop_->remove(slot_);
-  slot_ = nullptr;
-  ::close(fd_);
-  fd_ = -1;
+  net::EventLoop::TimerId no_timer = 0;
+  loop_->release(no_timer, slot_, fd_);
 }
 
 // ---- startup and authentication ----
@@ -670,8 +666,8 @@ void ClientSession::processClient() {
       // when the client or the server has some.
       size_t need = protocol::Rewriter::clientBytesNeeded(t, hdr->length);
       if (data.size() - pos < need) break;  // wait for the rest of it
-      if (protocol::mayDeallocate(data.substr(pos + protocol::kHeaderSize,
-                                              need - protocol::kHeaderSize))) {
+      if (protocol::mayDeallocate(
+              data.substr(pos + protocol::kHeaderSize, need - protocol::kHeaderSize))) {
         if (server_->owedReady() > 0) {
           lazy_rewrite_waiting_ = true;
           break;
@@ -688,8 +684,7 @@ void ClientSession::processClient() {
       std::string& rw_to_client = loopState().rw_to_client;
       rw_to_server.clear();
       rw_to_client.clear();
-      auto action =
-          rewriter_->onClientMessage(data.substr(pos, need), rw_to_server, rw_to_client);
+      auto action = rewriter_->onClientMessage(data.substr(pos, need), rw_to_server, rw_to_client);
       if (!rw_to_client.empty()) send(rw_to_client);
       if (action == protocol::Rewriter::Action::kWait) {
         if (!rw_to_server.empty()) {  // what the decision waits for
@@ -735,11 +730,12 @@ void ClientSession::processClient() {
 void ClientSession::pin(protocol::SessionState kind) {
   pinned_ = kind;
   stats_->pins[protocol::sessionStateIndex(kind)].add();
-  SLOG_INFO("{} pinned to its server connection for the rest of its session: {} is session state "
-            "that {} pooling cannot carry (application_name \"{}\", address {}, "
-            "session_state = pin)",
-            prefix(), protocol::sessionStateWhat(kind), config::poolModeName(mode_),
-            applicationName(), peer_);
+  SLOG_INFO(
+      "{} pinned to its server connection for the rest of its session: {} is session state "
+      "that {} pooling cannot carry (application_name \"{}\", address {}, "
+      "session_state = pin)",
+      prefix(), protocol::sessionStateWhat(kind), config::poolModeName(mode_), applicationName(),
+      peer_);
 }
 
 // PostgreSQL itself raises the error: a DO block takes the Query's place, so the answer comes in
@@ -792,8 +788,7 @@ bool ClientSession::serverClean() const {
 void ClientSession::startRelay() {
   synced_version_ = server_->trackedVersion();
   state_ = State::kActive;
-  rewrite_enabled_ =
-      mode_ != config::PoolMode::kSession && settings().max_prepared_statements > 0;
+  rewrite_enabled_ = mode_ != config::PoolMode::kSession && settings().max_prepared_statements > 0;
 }
 
 void ClientSession::startRewriter() {

@@ -88,7 +88,7 @@ class ClientSession : public pool::PoolClient,
   uint32_t cancelPid() const { return cancel_pid_; }
   int owed() const;  // ReadyForQuery the attached server still owes (server() must be set)
   // For the leak detector, SHOW HOLDERS and per-application metrics.
-  TimePoint lastActivityAt() const { return last_activity_; }           // the client's last bytes
+  TimePoint lastActivityAt() const { return last_activity_; }  // the client's last bytes
   // The first 200 bytes of the last Query or Parse text ("" before the first).
   const std::string& lastStatement() const;
   double heldSecondsTotal() const { return held_total_s_; }  // servers held, released ones
@@ -119,13 +119,13 @@ class ClientSession : public pool::PoolClient,
   void sendWelcome();
   void processClient();  // relays the client's messages while logged in
   void processAdmin();
-  bool needServer();         // returns true if a server is attached and ready to relay
-  void acquireServer();      // -> kWaiting, kSyncing or kActive
-  void startRelay();         // server synced: -> kActive
-  void startRewriter();      // virtualize prepared statements from the next message on
-  void noteRequest();        // a Query, Sync or FunctionCall went to the server
+  bool needServer();     // returns true if a server is attached and ready to relay
+  void acquireServer();  // -> kWaiting, kSyncing or kActive
+  void startRelay();     // server synced: -> kActive
+  void startRewriter();  // virtualize prepared statements from the next message on
+  void noteRequest();    // a Query, Sync or FunctionCall went to the server
   // A Query or Parse creates session state transaction pooling cannot carry (session_state):
-  void pin(protocol::SessionState kind);  // keep this server until the client leaves
+  void pin(protocol::SessionState kind);                 // keep this server until the client leaves
   void refuseSessionState(protocol::SessionState kind);  // the Query fails in PostgreSQL
   bool serverClean() const;  // nothing owed, no batch open, transaction idle
   void attachServer(std::shared_ptr<pool::ServerConn> server, TimePoint t);  // t: now
@@ -142,11 +142,11 @@ class ClientSession : public pool::PoolClient,
   uint64_t id_;
   std::string peer_;
   net::ByteBuffer in_;
-  net::Outbox outbox_;  // what the client socket did not take yet
+  net::Outbox outbox_;                         // what the client socket did not take yet
   std::unique_ptr<std::string> close_detail_;  // why it closes, once it does
-  uint64_t transactions_ = 0;    // server releases, for the close log line
-  size_t passthrough_left_ = 0;  // bytes of a relayed client message not yet read
-  size_t discard_left_ = 0;      // bytes of a cancelled message still to drop
+  uint64_t transactions_ = 0;                  // server releases, for the close log line
+  size_t passthrough_left_ = 0;                // bytes of a relayed client message not yet read
+  size_t discard_left_ = 0;                    // bytes of a cancelled message still to drop
 
   std::string user_;
   std::string database_;
@@ -168,11 +168,11 @@ class ClientSession : public pool::PoolClient,
   TimePoint request_started_;
   TimePoint xact_started_;  // first request of the current transaction
   TimePoint wait_started_;
-  TimePoint server_since_;      // when server_ was attached: how long this client has held it
+  TimePoint server_since_;  // when server_ was attached: how long this client has held it
   // The last Query or Parse text, cut at kStatementShown; allocated at the first (idle clients
   // that never sent one carry a pointer).
   std::unique_ptr<std::string> last_statement_;
-  double held_total_s_ = 0;     // seconds it held servers, over the leases it gave back
+  double held_total_s_ = 0;  // seconds it held servers, over the leases it gave back
 
   int fd_;
   uint32_t cancel_pid_ = 0;

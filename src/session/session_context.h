@@ -43,7 +43,7 @@ struct LoopClients {
   // This loop's copy of the current config snapshot, refreshed by the janitor, so the data path
   // reads settings without taking the registry's lock. Touched only on `loop`.
   std::shared_ptr<const config::Config> cfg;
-  net::BufferPool buffers;  // read buffers lent to this loop's clients while they have data
+  net::BufferPool buffers;   // read buffers lent to this loop's clients while they have data
   std::string rw_to_server;  // the prepared-statement rewriter's output, reused by every client
   std::string rw_to_client;
   // Closes of clients that never reached a pool (bad startup, unknown database, ...).
