@@ -4,6 +4,8 @@
 
 #include <cerrno>
 
+#include "net/sys.h"
+
 namespace sluice::net {
 
 namespace {
@@ -15,7 +17,7 @@ constexpr size_t kKeepCapacity = size_t{64} * 1024;
 Outbox::Result Outbox::sendFrom(int fd, const char* p, size_t n, size_t* written) {
   size_t done = 0;
   while (done < n) {
-    ssize_t r = ::send(fd, p + done, n - done, MSG_NOSIGNAL | MSG_DONTWAIT);
+    ssize_t r = sysSend(fd, p + done, n - done, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (r > 0) {
       done += size_t(r);
       continue;

@@ -217,7 +217,7 @@ void ServerConn::onReadable() {
   if (state_ == State::kClosed) return;
   char* p = in_.prepare(kReadChunk);
   size_t room = in_.writable();
-  ssize_t n = ::recv(fd_, p, room, MSG_DONTWAIT);
+  ssize_t n = net::sysRecv(fd_, p, room, MSG_DONTWAIT);
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
     if (errno != EINTR) net::EventLoop::drained(slot_);
     startRead();
@@ -600,7 +600,7 @@ void ServerConn::fail(const std::string& why, const std::string& sqlstate) {
 bool ServerConn::looksAlive() const {
   if (state_ == State::kClosed) return false;
   char c;
-  ssize_t n = ::recv(fd_, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  ssize_t n = net::sysRecv(fd_, &c, 1, MSG_PEEK | MSG_DONTWAIT);
   return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 

@@ -23,6 +23,7 @@
 #include "net/buffer.h"
 #include "net/event_loop.h"
 #include "net/outbox.h"
+#include "net/sys.h"
 #include "protocol/prepared_statements.h"
 #include "protocol/tracked_params.h"
 #include "protocol/wire.h"

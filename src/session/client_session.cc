@@ -98,7 +98,7 @@ void ClientSession::onReadable() {
     p = in_.prepare(kReadChunk);
   }
   size_t room = in_.writable();
-  ssize_t n = ::recv(fd_, p, room, MSG_DONTWAIT);
+  ssize_t n = net::sysRecv(fd_, p, room, MSG_DONTWAIT);
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
     if (errno != EINTR) net::EventLoop::drained(slot_);
     releaseBufferIfDrained();

@@ -19,6 +19,7 @@
 #include "net/buffer.h"
 #include "net/event_loop.h"
 #include "net/outbox.h"
+#include "net/sys.h"
 #include "pool/pool.h"
 #include "pool/server_conn.h"
 #include "protocol/prepared_statements.h"
