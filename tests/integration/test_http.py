@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -463,3 +464,17 @@ def test_query_wait_timeout_is_its_own_reason_and_timeout_kind(poolers):
         scrape(p)), 10, what="query_wait_timeout counted")
     assert value(m, "sluice_client_disconnects_total", reason="query_wait_timeout", **db) == 1
     assert value(m, "sluice_pool_errors_total", sqlstate="57014", source="sluice", **db) == 1
+
+
+def test_every_metric_is_documented(poolers):
+    """docs/metrics.md lists every metric family /metrics exposes (issue 5)."""
+    p = start(poolers)
+    with p.connect() as c:  # a pool, a client and a server, so per-pool families appear
+        c.execute("SELECT 1")
+        status, body = get(p.http_port, "/metrics")
+    assert status == 200
+    families = set(re.findall(r"^# TYPE (\S+) ", body, re.M))
+    assert len(families) > 20, sorted(families)
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    missing = sorted(f for f in families if f not in docs)
+    assert not missing, f"not in docs/metrics.md: {missing}"
