@@ -5,6 +5,7 @@
 #include <charconv>
 #include <cstring>
 
+#include "protocol/sql_lexer.h"
 #include "protocol/wire.h"
 
 namespace sluice::protocol {
@@ -115,138 +116,14 @@ size_t keyHash(std::string_view query, std::string_view params) {
   return h ^ (std::hash<std::string_view>{}(params) + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2));
 }
 
-// ---- a small SQL lexer: enough to split a query string at ';' and read its first words ----
+// ---- DEALLOCATE and DISCARD ALL in a query string (protocol/sql_lexer.h splits it) ----
 
-struct Token {
-  enum Type : uint8_t { kWord, kQuotedIdent, kOther } type = kOther;
-  std::string text;  // kWord: lower-cased; kQuotedIdent: with "" unescaped
-};
-
-bool identStart(unsigned char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c >= 0x80;
-}
-bool identChar(unsigned char c) { return identStart(c) || (c >= '0' && c <= '9') || c == '$'; }
-
-// Calls f(tokens, count) for each non-empty statement: its first (up to 4) tokens and how many
-// tokens it has in all. Stops early when f returns false.
-template <typename F>
-void forEachStatement(std::string_view s, F f) {
-  constexpr int kKeep = 4;
-  Token toks[kKeep];
-  int count = 0;
-  size_t i = 0;
-  const size_t n = s.size();
-  auto add = [&](Token::Type t, std::string_view text) {
-    if (count < kKeep) {
-      toks[count].type = t;
-      toks[count].text.assign(text);
-      if (t == Token::kWord) {
-        for (char& c : toks[count].text) {
-          if (c >= 'A' && c <= 'Z') c = char(c + 32);
-        }
-      }
-    }
-    ++count;
-  };
-  auto skipQuoted = [&](char q, bool backslash) {  // i is at the opening quote
-    ++i;
-    while (i < n) {
-      char c = s[i];
-      if (backslash && c == '\\') {
-        i += 2;
-        continue;
-      }
-      ++i;
-      if (c == q) {
-        if (i < n && s[i] == q) {  // doubled quote
-          ++i;
-          continue;
-        }
-        return;
-      }
-    }
-  };
-  while (i < n) {
-    unsigned char c = uint8_t(s[i]);
-    if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v') {
-      ++i;
-    } else if (c == '-' && i + 1 < n && s[i + 1] == '-') {
-      while (i < n && s[i] != '\n') ++i;
-    } else if (c == '/' && i + 1 < n && s[i + 1] == '*') {
-      int depth = 1;
-      i += 2;
-      while (i < n && depth > 0) {
-        if (s[i] == '/' && i + 1 < n && s[i + 1] == '*') {
-          ++depth;
-          i += 2;
-        } else if (s[i] == '*' && i + 1 < n && s[i + 1] == '/') {
-          --depth;
-          i += 2;
-        } else {
-          ++i;
-        }
-      }
-    } else if (c == ';') {
-      ++i;
-      if (count > 0 && !f(toks, count)) return;
-      count = 0;
-    } else if (c == '\'') {
-      skipQuoted('\'', false);
-      add(Token::kOther, {});
-    } else if (c == '"') {
-      size_t start = i;
-      skipQuoted('"', false);
-      std::string_view raw = s.substr(start + 1, i - start - 1);
-      if (!raw.empty() && raw.back() == '"') raw.remove_suffix(1);
-      std::string text;
-      for (size_t k = 0; k < raw.size(); ++k) {
-        text.push_back(raw[k]);
-        if (raw[k] == '"' && k + 1 < raw.size() && raw[k + 1] == '"') ++k;
-      }
-      add(Token::kQuotedIdent, text);
-    } else if (c == '$') {
-      // $1 (a parameter) or $tag$ ... $tag$ (a dollar-quoted string).
-      size_t j = i + 1;
-      if (j < n && s[j] >= '0' && s[j] <= '9') {
-        while (j < n && s[j] >= '0' && s[j] <= '9') ++j;
-        i = j;
-        add(Token::kOther, {});
-        continue;
-      }
-      while (j < n && s[j] != '$' && identChar(uint8_t(s[j]))) ++j;
-      if (j < n && s[j] == '$') {
-        std::string_view tag = s.substr(i, j - i + 1);
-        size_t end = s.find(tag, j + 1);
-        i = end == std::string_view::npos ? n : end + tag.size();
-      } else {
-        ++i;
-      }
-      add(Token::kOther, {});
-    } else if (identStart(c)) {
-      size_t start = i;
-      while (i < n && identChar(uint8_t(s[i]))) ++i;
-      std::string_view word = s.substr(start, i - start);
-      if ((word == "e" || word == "E") && i < n && s[i] == '\'') {
-        skipQuoted('\'', true);  // E'...' takes backslash escapes
-        add(Token::kOther, {});
-      } else {
-        add(Token::kWord, word);
-      }
-    } else {
-      ++i;
-      add(Token::kOther, {});
-    }
-  }
-  if (count > 0) f(toks, count);
-}
-
-SqlInspection classify(const Token* t, int count) {
+SqlInspection classify(const std::vector<SqlToken>& t) {
   SqlInspection r;
-  auto isWord = [&](int k, std::string_view w) {
-    return t[k].type == Token::kWord && t[k].text == w;
-  };
+  const int count = int(t.size());
+  auto isWord = [&](int k, std::string_view w) { return sqlWordIs(t[size_t(k)], w); };
   auto isName = [&](int k) {
-    return t[k].type == Token::kWord || t[k].type == Token::kQuotedIdent;
+    return t[size_t(k)].type == SqlToken::kWord || t[size_t(k)].type == SqlToken::kQuotedIdent;
   };
   if (isWord(0, "discard") && count == 2 && isWord(1, "all")) {
     r.command = SqlCommand::kDiscardAll;
@@ -260,7 +137,7 @@ SqlInspection classify(const Token* t, int count) {
       r.command = SqlCommand::kDeallocateAll;
     } else if (isName(k)) {
       r.command = SqlCommand::kDeallocate;
-      r.name = t[k].text;
+      r.name = sqlName(t[size_t(k)]);
     }
   }
   return r;
@@ -388,8 +265,8 @@ SqlInspection inspectSql(std::string_view sql) {
   int statements = 0;
   SqlInspection first_all;
   bool found_all = false;
-  forEachStatement(sql, [&](const Token* t, int count) {
-    SqlInspection c = classify(t, count);
+  forEachSqlStatement(sql, [&](const std::vector<SqlToken>& t) {
+    SqlInspection c = classify(t);
     if (statements == 0) result = c;
     if (!found_all && c.command == SqlCommand::kDeallocateAll) {
       found_all = true;
@@ -397,7 +274,7 @@ SqlInspection inspectSql(std::string_view sql) {
       first_all.index = statements;
     }
     ++statements;
-    return true;
+    return false;  // every statement is counted
   });
   if (statements == 1) return result;
   return found_all ? first_all : SqlInspection{};
@@ -406,10 +283,10 @@ SqlInspection inspectSql(std::string_view sql) {
 bool deallocatesAll(std::string_view sql) {
   bool all = false;
   if (!mayDeallocate(sql)) return false;
-  forEachStatement(sql, [&](const Token* t, int count) {
-    SqlCommand c = classify(t, count).command;
+  forEachSqlStatement(sql, [&](const std::vector<SqlToken>& t) {
+    SqlCommand c = classify(t).command;
     all = c == SqlCommand::kDeallocateAll || c == SqlCommand::kDiscardAll;
-    return !all;
+    return all;
   });
   return all;
 }

@@ -3,6 +3,8 @@
 #include <cstring>
 #include <vector>
 
+#include "protocol/sql_lexer.h"
+
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -29,21 +31,14 @@ const char* sessionStateWhat(SessionState s) {
 
 namespace {
 
-char lower(char c) { return c >= 'A' && c <= 'Z' ? char(c + 32) : c; }
-
 // `s` starts with the lower-case `word` (case-insensitively).
 bool startsWithCi(std::string_view s, std::string_view word) {
   if (s.size() < word.size()) return false;
   for (size_t i = 0; i < word.size(); ++i) {
-    if (lower(s[i]) != word[i]) return false;
+    if (sqlLower(s[i]) != word[i]) return false;
   }
   return true;
 }
-
-bool identStart(unsigned char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c >= 0x80;
-}
-bool identChar(unsigned char c) { return identStart(c) || (c >= '0' && c <= '9') || c == '$'; }
 
 // ---- the prefilter ----
 
@@ -97,116 +92,8 @@ constexpr uint32_t word4(const char (&w)[5]) {
 
 // ---- the lexer (candidates only) ----
 
-struct Token {
-  enum Type : uint8_t { kWord, kQuotedIdent, kLiteral, kPunct } type;
-  std::string_view text;  // kWord: as written (compare with eq()); kPunct: the character
-};
-
-bool eq(const Token& t, std::string_view lower_word) {
-  return t.type == Token::kWord && t.text.size() == lower_word.size() &&
-         startsWithCi(t.text, lower_word);
-}
-
-// Calls f(tokens) for each non-empty statement; stops when f returns true.
-template <typename F>
-void forEachStatement(std::string_view s, F f) {
-  std::vector<Token> toks;
-  size_t i = 0;
-  const size_t n = s.size();
-  auto skipQuoted = [&](char q, bool backslash) {  // i is at the opening quote
-    ++i;
-    while (i < n) {
-      char c = s[i];
-      if (backslash && c == '\\') {
-        i += 2;
-        continue;
-      }
-      ++i;
-      if (c == q) {
-        if (i < n && s[i] == q) {  // doubled quote
-          ++i;
-          continue;
-        }
-        return;
-      }
-    }
-  };
-  while (i < n) {
-    unsigned char c = uint8_t(s[i]);
-    if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v') {
-      ++i;
-    } else if (c == '-' && i + 1 < n && s[i + 1] == '-') {
-      while (i < n && s[i] != '\n') ++i;
-    } else if (c == '/' && i + 1 < n && s[i + 1] == '*') {
-      int depth = 1;  // PostgreSQL's block comments nest
-      i += 2;
-      while (i < n && depth > 0) {
-        if (s[i] == '/' && i + 1 < n && s[i + 1] == '*') {
-          ++depth;
-          i += 2;
-        } else if (s[i] == '*' && i + 1 < n && s[i + 1] == '/') {
-          --depth;
-          i += 2;
-        } else {
-          ++i;
-        }
-      }
-    } else if (c == ';') {
-      ++i;
-      if (!toks.empty() && f(toks)) return;
-      toks.clear();
-    } else if (c == '\'') {
-      skipQuoted('\'', false);
-      toks.push_back({Token::kLiteral, {}});
-    } else if (c == '"') {
-      size_t start = i;
-      skipQuoted('"', false);
-      std::string_view raw = s.substr(start + 1, i - start - 1);
-      if (!raw.empty() && raw.back() == '"') raw.remove_suffix(1);
-      toks.push_back({Token::kQuotedIdent, raw});
-    } else if (c == '$') {
-      // $1 (a parameter) or $tag$ ... $tag$ (a dollar-quoted string).
-      size_t j = i + 1;
-      if (j < n && s[j] >= '0' && s[j] <= '9') {
-        while (j < n && s[j] >= '0' && s[j] <= '9') ++j;
-        i = j;
-        toks.push_back({Token::kLiteral, {}});
-        continue;
-      }
-      while (j < n && s[j] != '$' && identChar(uint8_t(s[j]))) ++j;
-      if (j < n && s[j] == '$') {
-        std::string_view tag = s.substr(i, j - i + 1);
-        size_t end = s.find(tag, j + 1);
-        i = end == std::string_view::npos ? n : end + tag.size();
-      } else {
-        ++i;
-      }
-      toks.push_back({Token::kLiteral, {}});
-    } else if (identStart(c)) {
-      size_t start = i;
-      while (i < n && identChar(uint8_t(s[i]))) ++i;
-      std::string_view word = s.substr(start, i - start);
-      if (i < n && s[i] == '\'' && word.size() == 1 &&
-          (lower(word[0]) == 'e' || lower(word[0]) == 'b' || lower(word[0]) == 'x' ||
-           lower(word[0]) == 'n')) {
-        skipQuoted('\'', lower(word[0]) == 'e');  // E'..' takes backslash escapes
-        toks.push_back({Token::kLiteral, {}});
-      } else if (i < n && s[i] == '&' && word.size() == 1 && lower(word[0]) == 'u' && i + 1 < n &&
-                 (s[i + 1] == '\'' || s[i + 1] == '"')) {
-        ++i;  // U&'...' or U&"..."
-        char q = s[i];
-        skipQuoted(q, false);
-        toks.push_back({q == '\'' ? Token::kLiteral : Token::kQuotedIdent, {}});
-      } else {
-        toks.push_back({Token::kWord, word});
-      }
-    } else {
-      ++i;
-      toks.push_back({Token::kPunct, s.substr(i - 1, 1)});
-    }
-  }
-  if (!toks.empty()) f(toks);
-}
+using Token = SqlToken;
+bool eq(const Token& t, std::string_view lower_word) { return sqlWordIs(t, lower_word); }
 
 bool isAdvisoryLockFunction(const Token& t) {
   static constexpr std::string_view kNames[] = {"pg_advisory_lock", "pg_advisory_lock_shared",
@@ -279,7 +166,7 @@ SessionState classify(const std::vector<Token>& t) {
 
 [[gnu::noinline, gnu::cold]] SessionState lex(std::string_view sql) {
   SessionState found = SessionState::kNone;
-  forEachStatement(sql, [&](const std::vector<Token>& toks) {
+  forEachSqlStatement(sql, [&](const std::vector<Token>& toks) {
     found = classify(toks);
     return found != SessionState::kNone;
   });
@@ -298,7 +185,7 @@ inline bool firstWordMayBeState(std::string_view sql) {
                 uint32_t(uint8_t(rest[2])) << 16 | uint32_t(uint8_t(rest[3])) << 24) |
                0x20202020;  // one load on x86
   return w == word4("list") || w == word4("crea") || w == word4("decl") || w == word4("prep") ||
-         ((w & 0xffffff) == (word4("set ") & 0xffffff) && !identChar(uint8_t(rest[3])));
+         ((w & 0xffffff) == (word4("set ") & 0xffffff) && !sqlIdentChar(uint8_t(rest[3])));
 }
 
 // The prefilter saw a ';' or a 'v': out of line, so that the common path needs no stack frame.
