@@ -1,0 +1,53 @@
+"""A client that reads a large result slowly: the pooler stops reading from the server instead of
+buffering the result (write watermarks), the result still arrives whole and in order, and other
+clients are served meanwhile."""
+
+import time
+from pathlib import Path
+
+from harness import IS_SLUICE
+
+ROWS = 20000
+WIDTH = 1000  # about 20 MB of DataRows
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_slow_reader_of_a_large_result_is_held_back_not_buffered(poolers):
+    p = poolers(settings={"default_pool_size": 2})
+    w = p.wire(timeout=30)
+    w.query("SELECT 1")  # logged in, a server exists, buffers warmed up
+    before = rss_kb(p.proc.pid)
+    w.send(b"Q", f"SELECT g, repeat('x', {WIDTH}) FROM generate_series(1, {ROWS}) g\0"
+           .encode())
+    time.sleep(1.5)  # read nothing: PostgreSQL could send all 20 MB by now
+    stalled = rss_kb(p.proc.pid)
+    print(f"RSS {before} kB -> {stalled} kB while the client reads nothing")
+    if IS_SLUICE:
+        # At most the client's write watermark (512 KiB) plus a server read buffer, not the
+        # result: the server is paused until the client drains.
+        assert stalled - before < 8 * 1024, (before, stalled)
+    with p.connect() as other:  # the pool's other server is still there for everyone else
+        assert other.execute("SELECT 41 + 1").fetchone()[0] == 42
+    n = 0
+    while True:
+        kind, body = w.read_message()
+        if kind == b"D":
+            n += 1
+            # DataRow: int16 count, then int32 length + bytes per column; check order and size.
+            first_len = int.from_bytes(body[2:6], "big")
+            assert int(body[6:6 + first_len]) == n
+            second_len = int.from_bytes(body[6 + first_len:10 + first_len], "big")
+            assert second_len == WIDTH
+            if n % 2000 == 0:
+                time.sleep(0.05)  # keep reading slowly
+        elif kind == b"Z":
+            break
+    assert n == ROWS
+    assert w.query("SELECT 2").rows[0][0] == "2"
+    w.close()
