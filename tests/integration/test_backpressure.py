@@ -7,8 +7,8 @@ from pathlib import Path
 
 from harness import IS_SLUICE
 
-ROWS = 20000
-WIDTH = 1000  # about 20 MB of DataRows
+ROWS = 40000
+WIDTH = 1000  # about 40 MB of DataRows
 
 
 def rss_kb(pid: int) -> int:
@@ -25,13 +25,13 @@ def test_slow_reader_of_a_large_result_is_held_back_not_buffered(poolers):
     before = rss_kb(p.proc.pid)
     w.send(b"Q", f"SELECT g, repeat('x', {WIDTH}) FROM generate_series(1, {ROWS}) g\0"
            .encode())
-    time.sleep(1.5)  # read nothing: PostgreSQL could send all 20 MB by now
+    time.sleep(1.5)  # read nothing: PostgreSQL could send all 40 MB by now
     stalled = rss_kb(p.proc.pid)
     print(f"RSS {before} kB -> {stalled} kB while the client reads nothing")
     if IS_SLUICE:
         # At most the client's write watermark (512 KiB) plus a server read buffer, not the
         # result: the server is paused until the client drains.
-        assert stalled - before < 8 * 1024, (before, stalled)
+        assert stalled - before < 16 * 1024, (before, stalled)  # room for sanitizer shadow memory
     with p.connect() as other:  # the pool's other server is still there for everyone else
         assert other.execute("SELECT 41 + 1").fetchone()[0] == 42
     n = 0
@@ -44,7 +44,7 @@ def test_slow_reader_of_a_large_result_is_held_back_not_buffered(poolers):
             assert int(body[6:6 + first_len]) == n
             second_len = int.from_bytes(body[6 + first_len:10 + first_len], "big")
             assert second_len == WIDTH
-            if n % 2000 == 0:
+            if n % 4000 == 0:
                 time.sleep(0.05)  # keep reading slowly
         elif kind == b"Z":
             break
