@@ -82,7 +82,10 @@ def test_statement_survives_a_new_server_and_deallocate_all(poolers, pg):
             assert a.execute("SELECT %s::int", (j,)).fetchone()[0] == j
             assert b.execute("SELECT %s::int", (j,)).fetchone()[0] == j
         # Every server is replaced: the statements must be prepared again on the new ones.
+        # Between transactions: wait until the backends are gone (pg_terminate_backend only
+        # signals them), as a client that sends mid-termination would see the FATAL directly too.
         pg.terminate_all()
+        pg.wait_backends(lambda n: n == 0, "sluice_md5")
         harness.wait_until(lambda: _works(a), 10, 0.1, "client a on a fresh server")
         assert a.execute("SELECT %s::int + 10", (1,)).fetchone()[0] == 11
     with p.wire() as w:
