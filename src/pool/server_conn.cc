@@ -66,7 +66,6 @@ void ServerConn::connect(const ServerLogin& login, std::function<void(Status, st
   });
 
   sockaddr_storage ss{};
-  socklen_t len = 0;
   if (login_.host.empty() || login_.host[0] == '/') {
     std::string dir = login_.host.empty() ? login_.unix_dir : login_.host;
     std::string path = fmt::format("{}/.s.PGSQL.{}", dir, login_.port);
@@ -92,7 +91,6 @@ void ServerConn::connect(const ServerLogin& login, std::function<void(Status, st
   }
   // A host name: getaddrinfo() blocks, so it runs on a thread of its own and the connect
   // continues on this loop.
-  (void)len;
   net::EventLoop* loop = loop_;
   std::thread([self, loop, host = login_.host, port = login_.port] {
     addrinfo hints{};

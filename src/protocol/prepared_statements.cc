@@ -928,17 +928,7 @@ Rewriter::Action Rewriter::onBind(std::string_view msg, std::string& to_server) 
 
   StatementRef def = *ref;
   uint64_t seq = 0;
-  if (check_.describe == 0 || check_.def != def->id) {  // not the message held for a check
-    check_ = Check{};
-    flushOrphans(to_server);
-    seq = ensurePrepared(def, to_server);
-  }
-  bool refuse;
-  if (checkResultType(def, seq, refuse, to_server) == Action::kWait) return Action::kWait;
-  if (refuse) {
-    appendRefusal(to_server);
-    push(Kind::kRefusal);
-  }
+  if (!readyToUse(def, seq, to_server)) return Action::kWait;
   ServerName sname(seq);
   uint32_t length = protocol::readU32(msg.data() + 1);
   appendHeader(to_server, 'B', length - 4 - stmt.size() + sname.len);
@@ -949,6 +939,24 @@ Rewriter::Action Rewriter::onBind(std::string_view msg, std::string& to_server) 
   to_server.append(msg.substr(pos));
   push(Kind::kBind, seq, std::move(def));
   return Action::kReplace;
+}
+
+// Before a Bind or Describe uses `def` on this server: prepares it there if needed (unless this
+// is the message held for its result-type check) and checks its result type; appends a refusal
+// when the type changed. False: hold the message until the check's answer arrives.
+bool Rewriter::readyToUse(const StatementRef& def, uint64_t& seq, std::string& to_server) {
+  if (check_.describe == 0 || check_.def != def->id) {  // not the message held for a check
+    check_ = Check{};
+    flushOrphans(to_server);
+    seq = ensurePrepared(def, to_server);
+  }
+  bool refuse;
+  if (checkResultType(def, seq, refuse, to_server) == Action::kWait) return false;
+  if (refuse) {
+    appendRefusal(to_server);
+    push(Kind::kRefusal);
+  }
+  return true;
 }
 
 Rewriter::Action Rewriter::onDescribe(std::string_view msg, bool whole, std::string& to_server) {
@@ -963,17 +971,7 @@ Rewriter::Action Rewriter::onDescribe(std::string_view msg, bool whole, std::str
 
   StatementRef def = *ref;
   uint64_t seq = 0;
-  if (check_.describe == 0 || check_.def != def->id) {  // not the message held for a check
-    check_ = Check{};
-    flushOrphans(to_server);
-    seq = ensurePrepared(def, to_server);
-  }
-  bool refuse;
-  if (checkResultType(def, seq, refuse, to_server) == Action::kWait) return Action::kWait;
-  if (refuse) {
-    appendRefusal(to_server);
-    push(Kind::kRefusal);
-  }
+  if (!readyToUse(def, seq, to_server)) return Action::kWait;
   appendDescribeStatement(to_server, seq);
   push(Kind::kDescribeStatement, seq, std::move(def));
   return Action::kReplace;

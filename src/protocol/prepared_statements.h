@@ -366,6 +366,7 @@ class Rewriter {
                             bool own_parse);
   // Before a Bind or Describe of `def` on `seq`: decides whether the client may use it, or what to
   // wait for (kWait), or that it must be refused (sets `refuse`). Updates `seq`.
+  bool readyToUse(const StatementRef& def, uint64_t& seq, std::string& to_server);
   Action checkResultType(const StatementRef& def, uint64_t& seq, bool& refuse,
                          std::string& to_server);
   void learnResult(Pending& p, uint64_t result);  // a Describe of p.seq answered `result`

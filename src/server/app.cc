@@ -189,9 +189,8 @@ void App::acceptTcp(std::shared_ptr<asio::ip::tcp::acceptor> acc) {
       asio::error_code e2;
       auto ep = sock.remote_endpoint(e2);
       std::string peer = e2 ? "?" : fmt::format("{}:{}", ep.address().to_string(), ep.port());
-      int family = ep.address().is_v6() ? AF_INET6 : AF_INET;
       sock.set_option(asio::ip::tcp::no_delay(true), e2);
-      handOff(sock.release(), family, std::move(peer));
+      handOff(sock.release(), std::move(peer));
     }
     acceptTcp(acc);
   });
@@ -201,14 +200,13 @@ void App::acceptUnix(std::shared_ptr<asio::local::stream_protocol::acceptor> acc
   acc->async_accept(
       [this, acc](const asio::error_code& ec, asio::local::stream_protocol::socket sock) {
         if (ec == asio::error::operation_aborted || !acc->is_open()) return;
-        if (!ec) handOff(sock.release(), AF_UNIX, "unix");
+        if (!ec) handOff(sock.release(), "unix");
         acceptUnix(acc);
       });
 }
 
-void App::handOff(int fd, int family, std::string peer) {
+void App::handOff(int fd, std::string peer) {
   net::EventLoop* loop = loops_[next_loop_++ % loops_.size()].get();
-  (void)family;  // the session needs only the descriptor
   loop->post([this, loop, fd, peer = std::move(peer)]() mutable {
     auto client = std::make_shared<session::ClientSession>(&ctx_, loop, fd, std::move(peer));
     client->start();

@@ -43,7 +43,7 @@ class App : public admin::ControlPlane {
   void listen();
   void acceptTcp(std::shared_ptr<asio::ip::tcp::acceptor> acc);
   void acceptUnix(std::shared_ptr<asio::local::stream_protocol::acceptor> acc);
-  void handOff(int fd, int family, std::string peer);
+  void handOff(int fd, std::string peer);  // a worker loop creates the session
   void scheduleJanitor();
   void janitorTick();
   void waitSignals();
