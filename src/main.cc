@@ -2,7 +2,9 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <iostream>
+#include <thread>
 
+#include "common/log.h"
 #include "config/config.h"
 #include "server/app.h"
 #include "tools/check.h"
@@ -67,7 +69,42 @@ int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape): CLI11 p
       std::cout << "ok: " << cfg->path << ": " << cfg->databases.size() << " database entries\n";
       return 0;
     }
+    // budget_check: do the configured pools fit each database's connection slots?
+    auto cfg = sluice::config::loadConfig(config_path);
+    const auto mode = cfg->settings.budget_check;
+    auto check_budgets = [cfg](bool to_stderr) {
+      sluice::config::UserList users;
+      if (!cfg->settings.auth_file.empty()) {
+        try {
+          users = sluice::config::loadUserList(cfg->settings.auth_file);
+        } catch (const sluice::config::ConfigError&) {
+          // The server reports a bad auth_file itself.
+        }
+      }
+      std::vector<std::string> unreachable;
+      auto problems = sluice::tools::budgetProblems(*cfg, users, 3000, &unreachable);
+      for (const auto& p : problems) {
+        if (to_stderr) {
+          std::cerr << "sluice: budget_check: " << p << "\n";
+        } else {
+          SLOG_WARN("budget_check: {} (see `sluice check`; budget_check = refuse would not start)",
+                    p);
+        }
+      }
+      return problems.empty();
+    };
+    if (mode == sluice::config::BudgetCheck::kRefuse && !check_budgets(true)) {
+      std::cerr
+          << "sluice: budget_check = refuse: not starting, the configured pools can exhaust "
+             "a database (lower pool_size, set max_db_connections, or raise max_connections)\n";
+      return 1;
+    }
     sluice::server::App app(config_path);
+    std::jthread warn_thread;  // joined on the way out, however run() ends
+    if (mode == sluice::config::BudgetCheck::kWarn) {
+      // In the background: a database that does not answer must not delay the start.
+      warn_thread = std::jthread([check_budgets] { check_budgets(false); });
+    }
     return app.run();
   } catch (const sluice::config::ConfigError& e) {
     std::cerr << "sluice: configuration error: " << e.what() << "\n";

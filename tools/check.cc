@@ -108,6 +108,78 @@ std::vector<Candidate> candidatesFor(const config::Config& cfg, const config::Da
 
 }  // namespace
 
+Survey surveyDatabases(const config::Config& cfg, const config::UserList& users, int timeout_ms,
+                       const std::string& application_name) {
+  Survey sv;
+  const auto& s = cfg.settings;
+  for (const auto& db : cfg.databases) {
+    if (db.name == "*") {
+      sv.lines.push_back(fmt::format(
+          "database *: fallback entry, a pool per database name a client asks for; not sized "
+          "(cap with max_user_connections)"));
+      continue;
+    }
+    std::string dbname = db.dbname.empty() ? db.name : db.dbname;
+    std::string host =
+        db.host.empty() ? (s.unix_socket_dir.empty() ? "/tmp" : s.unix_socket_dir) : db.host;
+    std::string server = fmt::format("{}:{}", host, db.port);
+    auto ep = resolveEndpoint(host, db.port);
+    if (!ep) {
+      sv.unreachable.push_back(fmt::format("database {}: {}", db.name, ep.message()));
+      continue;
+    }
+    std::vector<Candidate> cands = candidatesFor(cfg, db, users);
+    if (cands.empty()) {
+      sv.unreachable.push_back(
+          fmt::format("database {}: no user to log in as: {} (a SCRAM secret cannot log in; give "
+                      "sluice check a userlist with a plain or md5 secret, or use --no-connect)",
+                      db.name,
+                      db.user.empty() ? "the auth_file has no plain or md5 secret"
+                                      : "no plain or md5 password for user \"" + db.user + "\""));
+      continue;
+    }
+    std::vector<std::string> tried;
+    bool ok = false;
+    for (size_t i = 0; i < cands.size() && i < kMaxLoginAttempts; ++i) {
+      ClientProtocol::Login login{
+          cands[i].user, cands[i].secret, dbname, {{"application_name", application_name}}};
+      auto res = runQueries(*ep, login, kServerQueries, std::chrono::milliseconds(timeout_ms));
+      if (!res) {
+        tried.push_back(fmt::format("{}: {}", cands[i].user, res.message()));
+        continue;
+      }
+      sv.lines.push_back(fmt::format("database {}: connected to {}/{} as {}", db.name, ep->text,
+                                     dbname, cands[i].user));
+      if (!sv.facts.count(server)) {
+        sv.facts[server] = factsFrom(*res);
+        sv.login_roles[server] = sv.facts[server].login_roles;
+      }
+      sv.activity[db.name] = activityFrom((*res)[3]);
+      ok = true;
+      break;
+    }
+    if (!ok) {
+      sv.unreachable.push_back(fmt::format("database {}: cannot connect to {}/{}: tried {}",
+                                           db.name, ep->text, dbname, fmt::join(tried, "; ")));
+    }
+  }
+  return sv;
+}
+
+std::vector<std::string> budgetProblems(const config::Config& cfg, const config::UserList& users,
+                                        int timeout_ms, std::vector<std::string>* unreachable) {
+  Survey sv = surveyDatabases(cfg, users, timeout_ms, "sluice budget_check");
+  std::vector<std::string> auth_users;
+  for (const auto& [u, secret] : users.secrets) auth_users.push_back(u);
+  std::vector<DatabasePlan> plans = planDatabases(cfg, auth_users, sv.login_roles);
+  std::vector<std::string> out;
+  for (const auto& v : judgeServers(cfg, plans, sv.facts, 1)) {
+    for (const auto& p : v.problems) out.push_back(v.server + ": " + p);
+  }
+  if (unreachable) *unreachable = std::move(sv.unreachable);
+  return out;
+}
+
 int runCheck(const CheckOptions& opts) {
   std::shared_ptr<const config::Config> cfg;
   config::UserList users;
@@ -134,65 +206,13 @@ int runCheck(const CheckOptions& opts) {
                            config::poolModeName(s.pool_mode));
   for (const auto& w : cfg->warnings) std::cout << "warning: " << w << "\n";
 
-  std::map<std::string, ServerFacts> facts;
-  std::map<std::string, std::set<std::string>> login_roles;
-  std::map<std::string, DatabaseActivity> activity;
-  std::vector<std::string> unreachable;
-  if (opts.connect) {
-    for (const auto& db : cfg->databases) {
-      if (db.name == "*") {
-        std::cout << fmt::format(
-            "database *: fallback entry, a pool per database name a client asks for; not sized "
-            "(cap with max_user_connections)\n");
-        continue;
-      }
-      std::string dbname = db.dbname.empty() ? db.name : db.dbname;
-      std::string host =
-          db.host.empty() ? (s.unix_socket_dir.empty() ? "/tmp" : s.unix_socket_dir) : db.host;
-      std::string server = fmt::format("{}:{}", host, db.port);
-      auto ep = resolveEndpoint(host, db.port);
-      if (!ep) {
-        unreachable.push_back(fmt::format("database {}: {}", db.name, ep.message()));
-        continue;
-      }
-      std::vector<Candidate> cands = candidatesFor(*cfg, db, users);
-      if (cands.empty()) {
-        unreachable.push_back(
-            fmt::format("database {}: no user to log in as: {} (a SCRAM secret cannot log in; give "
-                        "sluice check a userlist with a plain or md5 secret, or use --no-connect)",
-                        db.name,
-                        db.user.empty() ? "the auth_file has no plain or md5 secret"
-                                        : "no plain or md5 password for user \"" + db.user + "\""));
-        continue;
-      }
-      std::vector<std::string> tried;
-      bool ok = false;
-      for (size_t i = 0; i < cands.size() && i < kMaxLoginAttempts; ++i) {
-        ClientProtocol::Login login{
-            cands[i].user, cands[i].secret, dbname, {{"application_name", "sluice check"}}};
-        auto res =
-            runQueries(*ep, login, kServerQueries, std::chrono::milliseconds(opts.timeout_ms));
-        if (!res) {
-          tried.push_back(fmt::format("{}: {}", cands[i].user, res.message()));
-          continue;
-        }
-        std::cout << fmt::format("database {}: connected to {}/{} as {}\n", db.name, ep->text,
-                                 dbname, cands[i].user);
-        if (!facts.count(server)) {
-          facts[server] = factsFrom(*res);
-          login_roles[server] = facts[server].login_roles;
-        }
-        activity[db.name] = activityFrom((*res)[3]);
-        ok = true;
-        break;
-      }
-      if (!ok) {
-        unreachable.push_back(fmt::format("database {}: cannot connect to {}/{}: tried {}", db.name,
-                                          ep->text, dbname, fmt::join(tried, "; ")));
-      }
-    }
-  }
-
+  Survey sv;
+  if (opts.connect) sv = surveyDatabases(*cfg, users, opts.timeout_ms, "sluice check");
+  for (const auto& line : sv.lines) std::cout << line << "\n";
+  auto& facts = sv.facts;
+  auto& login_roles = sv.login_roles;
+  auto& activity = sv.activity;
+  auto& unreachable = sv.unreachable;
   std::vector<DatabasePlan> plans = planDatabases(*cfg, auth_users, login_roles);
   std::vector<ServerVerdict> verdicts = judgeServers(*cfg, plans, facts, opts.instances);
 

@@ -638,6 +638,7 @@ std::string configValue(const std::string& v) { return v; }
 std::string configValue(config::PoolMode v) { return config::poolModeName(v); }
 std::string configValue(config::AuthType v) { return config::authTypeName(v); }
 std::string configValue(config::SessionStatePolicy v) { return config::sessionStatePolicyName(v); }
+std::string configValue(config::BudgetCheck v) { return config::budgetCheckName(v); }
 std::string configValue(config::Duration v) {  // seconds, as PgBouncer writes them
   if (v.count() % 1000 == 0) return std::to_string(v.count() / 1000);
   return fmt::format("{:g}", v.count() / 1000.0);
@@ -728,6 +729,10 @@ const std::vector<ConfigKey>& configKeys() {
         key("max_waiting_clients", &S::max_waiting_clients),
         key("server_connect_parallelism", &S::server_connect_parallelism),
         key("session_state", &S::session_state),
+        key("codel_target", &S::codel_target),
+        key("codel_interval", &S::codel_interval),
+        key("codel_deadline", &S::codel_deadline),
+        key("budget_check", &S::budget_check),
     };
     std::sort(k.begin(), k.end(), [](const ConfigKey& a, const ConfigKey& b) {
       return std::string_view(a.name) < b.name;

@@ -1,7 +1,9 @@
-// Monotonic time helpers. Thread-safe (free functions over std::chrono::steady_clock).
+// Time helpers: monotonic (std::chrono::steady_clock) for durations, and the wall clock's ISO
+// 8601 form for messages. Thread-safe free functions.
 #pragma once
 
 #include <chrono>
+#include <string>
 
 namespace sluice {
 
@@ -16,5 +18,8 @@ inline double secondsSince(TimePoint t) {
 inline long long msBetween(TimePoint a, TimePoint b) {
   return std::chrono::duration_cast<Millis>(b - a).count();
 }
+
+// "2026-11-23T17:08:02.123Z" (UTC).
+std::string isoTimestamp(std::chrono::system_clock::time_point t);
 
 }  // namespace sluice

@@ -38,6 +38,11 @@ constexpr std::pair<std::string_view, SessionStatePolicy> kSessionStatePolicies[
     {"pin", SessionStatePolicy::kPin},
     {"refuse", SessionStatePolicy::kRefuse},
 };
+constexpr std::pair<std::string_view, BudgetCheck> kBudgetChecks[] = {
+    {"off", BudgetCheck::kOff},
+    {"warn", BudgetCheck::kWarn},
+    {"refuse", BudgetCheck::kRefuse},
+};
 constexpr std::pair<std::string_view, double> kDurationUnitsMs[] = {
     {"", 1000}, {"s", 1000}, {"ms", 1}, {"us", 0.001}, {"min", 60e3}, {"h", 3600e3}, {"d", 86400e3},
 };
@@ -248,9 +253,10 @@ struct ListSetting {
   std::vector<std::string> Settings::*field;
   bool lower_case = false;
 };
-using SettingField = std::variant<IntSetting, ListSetting, bool Settings::*, Duration Settings::*,
-                                  std::string Settings::*, PoolMode Settings::*,
-                                  AuthType Settings::*, SessionStatePolicy Settings::*>;
+using SettingField =
+    std::variant<IntSetting, ListSetting, bool Settings::*, Duration Settings::*,
+                 std::string Settings::*, PoolMode Settings::*, AuthType Settings::*,
+                 SessionStatePolicy Settings::*, BudgetCheck Settings::*>;
 struct SettingSpec {
   std::string_view name;
   SettingField field;
@@ -327,6 +333,10 @@ const SettingSpec kSettingSpecs[] = {
     {"max_waiting_clients", IntSetting{&Settings::max_waiting_clients, 0, kIntMax}},
     {"server_connect_parallelism", IntSetting{&Settings::server_connect_parallelism, 1, kIntMax}},
     {"session_state", &Settings::session_state},
+    {"codel_target", &Settings::codel_target},
+    {"codel_interval", &Settings::codel_interval},
+    {"codel_deadline", &Settings::codel_deadline},
+    {"budget_check", &Settings::budget_check},
 };
 
 template <typename... F>
@@ -360,6 +370,13 @@ void applySetting(Settings& s, const SettingField& field, std::string_view key,
                      throwBadValue(where, key, value, kExpectSessionState);
                    }
                    s.*f = *policy;
+                 },
+                 [&](BudgetCheck Settings::*f) {
+                   std::optional<BudgetCheck> check = lookup(kBudgetChecks, value);
+                   if (!check) {
+                     throwBadValue(where, key, value, "expected off, warn or refuse");
+                   }
+                   s.*f = *check;
                  },
              },
              field);
@@ -610,6 +627,7 @@ const char* authTypeName(AuthType a) { return nameOf(kAuthTypes, a); }
 const char* sessionStatePolicyName(SessionStatePolicy p) {
   return nameOf(kSessionStatePolicies, p);
 }
+const char* budgetCheckName(BudgetCheck b) { return nameOf(kBudgetChecks, b); }
 
 const DatabaseEntry* Config::findDatabase(const std::string& name) const {
   const DatabaseEntry* fallback = nullptr;

@@ -22,10 +22,14 @@ enum class AuthType { kTrust, kAny, kPlain, kMd5, kScramSha256, kCert, kHba };
 // session advisory lock, a temporary table, ...; protocol/session_state.h): keep the client on
 // its server for the rest of its session, or refuse the query.
 enum class SessionStatePolicy { kPin, kRefuse };
+// What `sluice serve` does when the configured pools can exceed a database's connection slots:
+// nothing, log a warning per problem, or refuse to start.
+enum class BudgetCheck { kOff, kWarn, kRefuse };
 
 const char* poolModeName(PoolMode m);
 const char* authTypeName(AuthType a);
 const char* sessionStatePolicyName(SessionStatePolicy p);
+const char* budgetCheckName(BudgetCheck b);
 
 // One line of [databases]. Unset optionals fall back to [pgbouncer] settings.
 struct DatabaseEntry {
@@ -126,8 +130,17 @@ struct Settings {
   Duration monitor_interval{30 * 1000};
   int monitor_warn_utilization = 80;  // percent
   Duration hold_warn_threshold{0};
-  int max_waiting_clients = 0;  // 0 = unlimited (bounded by max_client_conn)
-  int server_connect_parallelism = 4;
+  int max_waiting_clients = 0;         // per pool; 0 = unlimited (bounded by max_client_conn)
+  int server_connect_parallelism = 4;  // server logins in flight per database
+  // CoDel on each pool's wait queue (overload/codel.h): a queue in which every client served for
+  // codel_interval waited longer than codel_target is standing; then the newest are served
+  // first and waiters older than codel_deadline fail with 53300. codel_target 0 = off.
+  Duration codel_target{0};
+  Duration codel_interval{1000};
+  Duration codel_deadline{1000};
+  // At start, compare the pools' worst case with each database's max_connections (less the
+  // reserved slots) and role/database connection limits, as `sluice check` does.
+  BudgetCheck budget_check = BudgetCheck::kWarn;
   SessionStatePolicy session_state = SessionStatePolicy::kPin;
 };
 

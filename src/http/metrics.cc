@@ -200,8 +200,18 @@ std::string renderMetrics(const session::SessionContext& ctx, const admin::Usage
   perPool("sluice_pool_server_login_failures_total", "counter", "Server logins that failed",
           [](const PoolSample& s) { return s.totals.server_login_failures; });
   perPool("sluice_pool_server_login_consecutive_failures", "gauge",
-          "Server logins failed in a row (0 after a success); above 0 /readyz answers 503",
+          "Server logins failed in a row (0 after a success); above 0 /readyz answers 503 "
+          "unless PostgreSQL was only full (53300)",
           [](const PoolSample& s) { return s.login_failures; });
+  perPool("sluice_pool_database_down", "gauge",
+          "1 while server logins keep failing and the pool fails its clients fast (08006)",
+          [](const PoolSample& s) { return s.st.down ? 1 : 0; });
+  perPool("sluice_pool_queue_standing", "gauge",
+          "1 while CoDel finds the wait queue standing (newest served first, stale ones shed)",
+          [](const PoolSample& s) { return s.st.standing ? 1 : 0; });
+  perPool("sluice_pool_warming", "gauge",
+          "1 until the pool has opened its min_pool_size servers once since start",
+          [](const PoolSample& s) { return s.st.warming ? 1 : 0; });
 
   e.family("sluice_pool_timeouts_total", "counter",
            "Clients closed because a timeout expired, by kind (the setting that expired)");

@@ -3,22 +3,11 @@
 #include <fmt/format.h>
 
 #include <cmath>
-#include <ctime>
 #include <nlohmann/json.hpp>
 
 namespace sluice::http {
 
 using nlohmann::json;
-
-std::string isoTimestamp(std::chrono::system_clock::time_point t) {
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
-  std::time_t secs = static_cast<std::time_t>(ms / 1000);
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
-  char buf[32];
-  size_t n = std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
-  return fmt::format("{}.{:03}Z", std::string_view(buf, n), ms % 1000);
-}
 
 ProbeResult health(const session::SessionContext& ctx) {
   int64_t now_ns =
@@ -54,11 +43,31 @@ ProbeResult readiness(const session::SessionContext& ctx) {
               {"utilizationPercent", std::round(utilization * 10) / 10},
               {"maxWaitMs", static_cast<long long>(std::llround(st.max_wait_s * 1000))},
               {"timestamp", ts}};
-    if (login.consecutive_failures > 0 && now() - login.last_error_at < kLoginFailureWindow) {
-      // The last login attempt failed, recently: the database is down or refuses sluice. A
-      // successful login clears it; so does a minute without attempts (nobody needs the pool).
+    if (login.down) {
+      // Logins keep failing: clients of this pool are failed fast until one succeeds.
       unavailable = true;
+      j["down"] = true;
       j["lastLoginError"] = login.last_error;
+    } else if (login.consecutive_failures > 0 &&
+               now() - login.last_error_at < kLoginFailureWindow) {
+      // The last login attempt failed, recently. PostgreSQL full (53300) leaves the pool
+      // serving with the servers it has: degraded. Anything else means the database is down or
+      // refuses sluice. A successful login clears it; so does a minute without attempts.
+      if (login.busy) {
+        degraded = true;
+      } else {
+        unavailable = true;
+      }
+      j["lastLoginError"] = login.last_error;
+    }
+    if (st.warming) {
+      // min_pool_size is not open yet since start: clients would wait for logins.
+      unavailable = true;
+      j["warming"] = true;
+    }
+    if (st.standing) {
+      degraded = true;
+      j["queueStanding"] = true;
     }
     if (st.paused || p->disabled()) {
       // PAUSE, KILL or DISABLE from the admin console: this database serves nobody new.

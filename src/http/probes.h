@@ -30,11 +30,11 @@ inline constexpr std::chrono::seconds kLoginFailureWindow{60};
 // while shutting down or paused (PAUSE; a pool paused by PAUSE db or KILL db, or of a database
 // disabled by DISABLE, carries "paused"/"disabled"), or while a pool's last server login failed
 // within kLoginFailureWindow (its database is unreachable or refuses sluice; a pool with such a
-// failure carries "lastLoginError"); 200 "degraded" while some pool has clients waiting; else
+// failure carries "lastLoginError", a pool failing clients fast "down"), or while a pool is still
+// opening its min_pool_size servers since start ("warming"); 200 "degraded" while some pool has
+// clients waiting, its wait queue standing ("queueStanding") or PostgreSQL full (53300); else
 // 200 "ok".
 ProbeResult readiness(const session::SessionContext& ctx);
 
-// "2026-11-23T17:08:02.123Z".
-std::string isoTimestamp(std::chrono::system_clock::time_point t);
 
 }  // namespace sluice::http

@@ -37,14 +37,20 @@ class WaitQueue {
     ++size_;
   }
 
-  // Removes and returns the next entry to serve: the head of the lane whose turn it is.
-  std::optional<Entry> pop() {
+  // Removes and returns the next entry to serve from the lane whose turn it is: its oldest
+  // entry, or with `newest_first` its newest (CoDel's overload mode: fresh requests can still
+  // make their deadline, stale ones are failed by the caller).
+  std::optional<Entry> pop(bool newest_first = false) {
     if (rotation_.empty()) return std::nullopt;
     std::string key = std::move(rotation_.front());
     rotation_.pop_front();
     Lane& lane = lanes_[key];
-    Entry e = std::move(lane.entries.front());
-    lane.entries.pop_front();
+    Entry e = std::move(newest_first ? lane.entries.back() : lane.entries.front());
+    if (newest_first) {
+      lane.entries.pop_back();
+    } else {
+      lane.entries.pop_front();
+    }
     index_.erase(e.id);
     --size_;
     if (lane.entries.empty()) {

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include "overload/codel.h"
+
 namespace sluice::overload {
 namespace {
 
@@ -53,6 +55,42 @@ TEST(WaitQueueTest, ArrivedBeforeAndOldest) {
   auto ids = q.arrivedBefore(t0 + Millis(20));
   std::sort(ids.begin(), ids.end());
   EXPECT_EQ(ids, (std::vector<uint64_t>{1, 2}));
+}
+
+TEST(WaitQueueTest, NewestFirstWithinALaneKeepsTurnsAcrossLanes) {
+  WaitQueue<int> q;
+  TimePoint t0{};
+  q.push(1, "a", t0, 1);
+  q.push(2, "a", t0 + Millis(1), 2);
+  q.push(3, "b", t0 + Millis(2), 3);
+  q.push(4, "a", t0 + Millis(3), 4);
+  EXPECT_EQ(q.pop(true)->id, 4u);  // lane a's newest
+  EXPECT_EQ(q.pop(true)->id, 3u);  // then b's turn
+  EXPECT_EQ(q.pop(true)->id, 2u);
+  EXPECT_EQ(q.pop(false)->id, 1u);
+  EXPECT_TRUE(q.empty());
+}
+
+TEST(CodelTest, StandsOnlyWhenEverySampleOfAnIntervalIsLate) {
+  Codel c(Millis(50), Millis(1000));
+  TimePoint t{};
+  t += Millis(1);
+  EXPECT_FALSE(c.sample(t, Millis(200)));  // late, but a burst may drain
+  EXPECT_FALSE(c.sample(t + Millis(500), Millis(300)));
+  EXPECT_FALSE(c.sample(t + Millis(900), Millis(10)));  // one quick serve: it drained
+  EXPECT_FALSE(c.sample(t + Millis(1000), Millis(100)));
+  EXPECT_FALSE(c.sample(t + Millis(1900), Millis(100)));
+  EXPECT_TRUE(c.sample(t + Millis(2000), Millis(100)));  // late for a whole interval
+  EXPECT_TRUE(c.standing());
+  c.onEmpty();
+  EXPECT_FALSE(c.standing());
+  EXPECT_FALSE(c.sample(t + Millis(2100), Millis(100)));  // starts over
+}
+
+TEST(CodelTest, ZeroTargetIsOff) {
+  Codel c(Millis(0), Millis(10));
+  TimePoint t{};
+  for (int i = 1; i < 100; ++i) EXPECT_FALSE(c.sample(t + Millis(i * 100), Millis(5000)));
 }
 
 }  // namespace

@@ -21,6 +21,8 @@ Pool::Pool(PoolRegistry* registry, std::string database, std::string user, PoolS
       settings_(std::move(settings)),
       idle_(loops.size()) {
   for (size_t i = 0; i < loops.size(); ++i) shards_.push_back(std::make_unique<PoolShard>());
+  codel_.configure(settings_.codel_target, settings_.codel_interval);
+  warmed_ = settings_.min_pool_size == 0;
 }
 
 PoolSettings Pool::settings() const {
@@ -35,6 +37,7 @@ void Pool::applySettings(PoolSettings settings) {
                        settings.login.dbname != settings_.login.dbname ||
                        settings.login.user != settings_.login.user;
   settings_ = std::move(settings);
+  codel_.configure(settings_.codel_target, settings_.codel_interval);
   if (login_changed) {
     ++generation_;
     current_generation_ = 0;
@@ -75,22 +78,62 @@ bool Pool::mayOpenLocked(bool reserve) {
   if (paused_) return false;
   int limit = settings_.pool_size + (reserve ? settings_.reserve_pool_size : 0);
   if (total_ >= limit) return false;
-  if (now() < retry_at_) return false;
+  if (retry_at_ != TimePoint{} && now() < retry_at_) return false;
+  // At most server_connect_parallelism logins in flight per database (no login storms).
+  if (!registry_->tryTakeLoginSlot(database_, settings_.server_connect_parallelism)) return false;
   if (registry_->tryTakeBudget(database_, user_, settings_.max_db_connections,
                                settings_.max_user_connections)) {
     return true;
   }
+  registry_->releaseLoginSlot(database_);
   budget_blocked_ = true;
   return false;
 }
 
 void Pool::growLocked(net::EventLoop* loop, bool reserve) {
-  // One connect per waiter not already covered by a login in flight, at most
-  // server_connect_parallelism logins at once (no login storms against PostgreSQL).
-  while (int(waiters_.size()) > login_ && login_ < settings_.server_connect_parallelism &&
-         mayOpenLocked(reserve)) {
+  // One connect per waiter not already covered by a login in flight. While the database is
+  // down, only the janitor's probe connects.
+  while (!down_ && int(waiters_.size()) > login_ && mayOpenLocked(reserve)) {
     launchConnectLocked(loop ? loop : loops_[next_loop_++ % loops_.size()]);
   }
+}
+
+void Pool::grow() {
+  std::lock_guard lock(mu_);
+  growLocked(nullptr, false);
+}
+
+void Pool::warm() {
+  std::lock_guard lock(mu_);
+  keepMinimumLocked();
+}
+
+void Pool::keepMinimumLocked() {
+  while (!down_ && total_ < settings_.min_pool_size && mayOpenLocked(false)) {
+    launchConnectLocked(loops_[next_loop_++ % loops_.size()]);
+  }
+}
+
+void Pool::backOffLocked() {
+  // Exponential from 200 ms up to server_login_retry, then "equal jitter": half of it fixed,
+  // half random, so that pools (and sluice instances) that failed together retry apart.
+  long long cap = std::max<long long>(settings_.server_login_retry.count(), 1);
+  long long backoff = std::min<long long>(cap, 100LL << std::min(login_failures_, 10));
+  rng_ ^= rng_ << 13;
+  rng_ ^= rng_ >> 7;
+  rng_ ^= rng_ << 17;
+  long long half = backoff / 2;
+  retry_at_ = now() + Millis(half + (half > 0 ? (long long)(rng_ % uint64_t(half + 1)) : 0));
+}
+
+void Pool::setHolders(std::string holders) {
+  std::lock_guard lock(mu_);
+  holders_ = std::move(holders);
+}
+
+std::optional<TimePoint> Pool::oldestWaiter() const {
+  std::lock_guard lock(mu_);
+  return waiters_.oldest();
 }
 
 void Pool::launchConnectLocked(net::EventLoop* loop) {
@@ -130,6 +173,18 @@ Pool::AcquireResult Pool::acquire(const std::shared_ptr<PoolClient>& client,
     s->setState(ServerConn::State::kActive);
     return {std::move(s), 0};
   }
+  if (settings_.max_waiting_clients > 0 && int(waiters_.size()) >= settings_.max_waiting_clients) {
+    ErrorInfo e;
+    e.sqlstate = sqlstate::kTooManyConnections;
+    e.message = fmt::format("sluice: pool {} is saturated: {} (max_waiting_clients = {})", name(),
+                            saturationMessageLocked(), settings_.max_waiting_clients);
+    e.hint =
+        "retry later; raise pool_size or max_waiting_clients, or shorten what holds the servers "
+        "(SHOW HOLDERS names the clients)";
+    lock.unlock();
+    failWaiters({client}, e, stats::CloseReason::kPoolSaturated);
+    return {nullptr, 0};
+  }
   uint64_t id = next_wait_id_++;
   waiters_.push(id, fair_key, now(), Waiter{client});
   if (waiters_.size() == 1 && !paused_) {
@@ -145,6 +200,14 @@ Pool::AcquireResult Pool::acquire(const std::shared_ptr<PoolClient>& client,
       deliver(client, std::move(s));
       return {nullptr, id};
     }
+  }
+  if (down_) {
+    // Server logins keep failing: a retryable error now beats waiting out query_wait_timeout.
+    waiters_.remove(id);
+    ErrorInfo e = unreachableErrorLocked();
+    lock.unlock();
+    failWaiters({client}, e, stats::CloseReason::kDatabaseUnavailable);
+    return {nullptr, 0};
   }
   // One connect per waiter beyond what is already logging in.
   growLocked(loop, false);
@@ -198,7 +261,9 @@ void Pool::release(std::shared_ptr<ServerConn> server, TimePoint t) {
                             : "pool shrank");
     return;
   }
-  if (auto w = waiters_.pop()) {
+  if (auto w = waiters_.pop(codel_.standing())) {
+    codel_.sample(t, std::chrono::duration_cast<Millis>(t - w->since));
+    if (waiters_.empty()) codel_.onEmpty();
     server->setState(ServerConn::State::kMigrating);
     lock.unlock();
     deliver(std::move(w->value.client), std::move(server));
@@ -235,10 +300,9 @@ void Pool::resetAndRelease(std::shared_ptr<ServerConn> server) {
 }
 
 void Pool::onServerClosed(ServerConn* server) {
-  // Pools that share a max_db/max_user budget with this one pick up the freed slot at the next
-  // janitor tick (every 100 ms).
-  std::lock_guard lock(mu_);
+  bool shared = false;
   {
+    std::lock_guard lock(mu_);
     --total_;
     if (server->generation == generation_) --current_generation_;
     for (auto& list : idle_) {
@@ -251,20 +315,34 @@ void Pool::onServerClosed(ServerConn* server) {
       }
     }
     registry_->releaseBudget(database_, user_);
-    // Whoever waits gets a fresh connect in place of the one that closed.
-    growLocked(server->loop(), false);
+    shared = settings_.max_db_connections > 0 || settings_.max_user_connections > 0;
+    // Whoever waits gets a fresh connect in place of the one that closed; a slot of a budget
+    // shared with other pools goes to the pool whose client has waited longest (below).
+    if (!shared) growLocked(server->loop(), false);
   }
+  if (shared) registry_->growLongestWaiting(database_, user_);
 }
 
 void Pool::onLoginDone(const std::shared_ptr<ServerConn>& server, Status st,
                        const std::string& sqlstate) {
   std::vector<std::shared_ptr<PoolClient>> to_fail;
   ErrorInfo err;
+  stats::CloseReason fail_reason = stats::CloseReason::kServerLoginFailed;
+  registry_->releaseLoginSlot(database_);
   {
     std::lock_guard lock(mu_);
     --login_;
     if (st) {
+      if (down_) {
+        SLOG_INFO(
+            "pool {}: server login succeeded after {} failures; the database is reachable "
+            "again",
+            name(), unreachable_failures_);
+      }
       login_failures_ = 0;
+      unreachable_failures_ = 0;
+      last_failure_busy_ = false;
+      down_ = false;
       retry_at_ = {};
       if (!has_welcome_) {
         welcome_ = server->welcome();
@@ -273,6 +351,7 @@ void Pool::onLoginDone(const std::shared_ptr<ServerConn>& server, Status st,
       } else if (server->tracked() == welcome_tracked_) {
         server->adoptTracked(welcome_tracked_);  // one shared set for the pool's usual values
       }
+      if (total_ - login_ >= settings_.min_pool_size) warmed_ = true;
     } else {
       shard(server->loop()->index()).server_login_failures.add();
       ++login_failures_;
@@ -284,6 +363,7 @@ void Pool::onLoginDone(const std::shared_ptr<ServerConn>& server, Status st,
       // every waiting client now; anything else is retried with backoff while they wait.
       bool permanent = sqlstate.rfind("28", 0) == 0 || sqlstate == "3D000" || sqlstate == "42501" ||
                        sqlstate == "0A000";
+      last_failure_busy_ = sqlstate == sqlstate::kTooManyConnections;
       if (permanent) {
         while (auto w = waiters_.pop()) to_fail.push_back(std::move(w->value.client));
         err.severity = "FATAL";
@@ -291,39 +371,78 @@ void Pool::onLoginDone(const std::shared_ptr<ServerConn>& server, Status st,
         err.message = fmt::format("sluice: could not log in to the server for pool {}: {}", name(),
                                   st.message());
       } else {
-        auto backoff = std::min<long long>(settings_.server_login_retry.count(),
-                                           100LL << std::min(login_failures_, 10));
-        retry_at_ = now() + Millis(backoff);
+        backOffLocked();
+        // PostgreSQL is full (53300: too many clients, or the rest is reserved): it is up, and
+        // servers come back as their clients finish, so the clients keep waiting. Anything
+        // else, several times in a row, means the database cannot be reached: say so now
+        // rather than at query_wait_timeout.
+        if (!last_failure_busy_) {
+          if (unreachable_failures_++ == 0) down_since_ = std::chrono::system_clock::now();
+          if (unreachable_failures_ >= kDownAfterFailures) {
+            if (!down_) {
+              SLOG_WARN(
+                  "pool {}: {} server logins failed in a row; failing waiting and new "
+                  "clients fast until a login succeeds",
+                  name(), unreachable_failures_);
+            }
+            down_ = true;
+            while (auto w = waiters_.pop()) to_fail.push_back(std::move(w->value.client));
+            err = unreachableErrorLocked();
+            fail_reason = stats::CloseReason::kDatabaseUnavailable;
+          }
+        }
       }
     }
   }
-  if (!to_fail.empty()) failWaiters(std::move(to_fail), err);
+  if (!to_fail.empty()) failWaiters(std::move(to_fail), err, fail_reason);
   if (st) {
     SLOG_INFO("{} new server connection", server->describe());
     release(server);
     // Logins were capped by server_connect_parallelism: start the next ones for who still waits.
     std::lock_guard lock(mu_);
     growLocked(server->loop(), false);
+    keepMinimumLocked();
   }
 }
 
-void Pool::failWaiters(std::vector<std::shared_ptr<PoolClient>> clients, const ErrorInfo& e) {
+ErrorInfo Pool::unreachableErrorLocked() const {
+  ErrorInfo e;
+  e.severity = "FATAL";
+  e.sqlstate = sqlstate::kConnectionFailure;
+  const ServerLogin& l = settings_.login;
+  e.message = fmt::format(
+      "sluice: database {} on {}:{} is unreachable since {}: {} server logins failed in a row, the "
+      "last: {}",
+      l.dbname, l.host.empty() ? l.unix_dir : l.host, l.port, isoTimestamp(down_since_),
+      unreachable_failures_, last_login_error_);
+  e.hint =
+      "retry later: sluice keeps trying in the background and serves clients again after the "
+      "first login that succeeds (/readyz says when)";
+  return e;
+}
+
+void Pool::failWaiters(std::vector<std::shared_ptr<PoolClient>> clients, const ErrorInfo& e,
+                       stats::CloseReason reason) {
   for (auto& c : clients) {
-    c->clientLoop()->post([c, e] { c->onAcquireFailed(e); });
+    c->clientLoop()->post([c, e, reason] { c->onAcquireFailed(e, reason); });
   }
 }
 
 std::string Pool::saturationMessageLocked() const {
   int idle = idle_count_;
   int active = total_ - idle - login_;
-  return fmt::format("{} of {} in use, {} logging in, {} waiting", active, settings_.pool_size,
-                     login_, waiters_.size());
+  std::string out = fmt::format("{} of {} in use, {} logging in, {} waiting", active,
+                                settings_.pool_size, login_, waiters_.size());
+  if (!holders_.empty()) out += "; held by application_name " + holders_;
+  return out;
 }
 
 void Pool::janitor(TimePoint t) {
   std::vector<std::shared_ptr<ServerConn>> to_close;
   std::vector<std::shared_ptr<PoolClient>> timed_out;
+  std::vector<std::shared_ptr<PoolClient>> shed;
   ErrorInfo timeout_err;
+  ErrorInfo shed_err;
   {
     std::lock_guard lock(mu_);
     // Idle servers past server_idle_timeout or server_lifetime, or beyond a shrunken pool.
@@ -364,21 +483,51 @@ void Pool::janitor(TimePoint t) {
         }
       }
     }
+    // CoDel: a queue whose oldest client has waited past the target for an interval stands
+    // as much as one whose served clients all did. While it stands, waiters older than
+    // codel_deadline fail now (53300, retryable) and the newest are served first (release()).
+    if (auto oldest = waiters_.oldest()) {
+      codel_.sample(t, std::chrono::duration_cast<Millis>(t - *oldest));
+    } else {
+      codel_.onEmpty();
+    }
+    if (codel_.standing() && settings_.codel_deadline.count() > 0) {
+      auto ids = waiters_.arrivedBefore(t - settings_.codel_deadline);
+      if (!ids.empty()) {
+        shed_err.sqlstate = sqlstate::kTooManyConnections;
+        shed_err.message = fmt::format(
+            "sluice: pool {} is overloaded: its wait queue has stood above codel_target ({} ms) "
+            "for codel_interval ({} ms), so clients waiting longer than codel_deadline ({} ms) "
+            "are turned away while newer ones are served: {}",
+            name(), settings_.codel_target.count(), settings_.codel_interval.count(),
+            settings_.codel_deadline.count(), saturationMessageLocked());
+        shed_err.hint =
+            "retry later; raise pool_size, or shorten what holds the servers (SHOW HOLDERS names "
+            "the clients)";
+        for (auto id : ids) {
+          if (auto w = waiters_.remove(id)) shed.push_back(std::move(w->value.client));
+        }
+      }
+    }
     // Grow: one connect per waiter not yet covered; the reserve pool after its timeout.
     if (!waiters_.empty()) {
       bool reserve = !waiters_.arrivedBefore(t - settings_.reserve_pool_timeout).empty();
       growLocked(nullptr, reserve);
     }
-    // Keep min_pool_size open.
-    while (total_ < settings_.min_pool_size && login_ < settings_.server_connect_parallelism &&
-           mayOpenLocked(false)) {
+    keepMinimumLocked();
+    // While the database is down nobody waits, so the janitor probes it: one login at a time,
+    // after the backoff.
+    if (down_ && login_ == 0 && mayOpenLocked(false)) {
       launchConnectLocked(loops_[next_loop_++ % loops_.size()]);
     }
   }
   for (auto& s : to_close) {
     s->loop()->post([s] { s->close("server_idle_timeout, server_lifetime or pool resize"); });
   }
-  if (!timed_out.empty()) failWaiters(std::move(timed_out), timeout_err);
+  if (!timed_out.empty()) {
+    failWaiters(std::move(timed_out), timeout_err, stats::CloseReason::kQueryWaitTimeout);
+  }
+  if (!shed.empty()) failWaiters(std::move(shed), shed_err, stats::CloseReason::kOverloadShed);
   bool blocked = false;
   bool by_db = false;
   bool by_user = false;
@@ -443,6 +592,9 @@ PoolStats Pool::stats() const {
   if (auto o = waiters_.oldest()) st.max_wait_s = secondsSince(*o);
   st.paused = paused_;
   st.stale = total_ - current_generation_;
+  st.warming = !warmed_ && settings_.min_pool_size > 0;
+  st.standing = codel_.standing();
+  st.down = down_;
   return st;
 }
 
@@ -467,7 +619,7 @@ void Pool::setPaused(bool paused) {
 
 Pool::LoginHealth Pool::loginHealth() const {
   std::lock_guard lock(mu_);
-  return {login_failures_, last_login_error_, last_login_error_at_};
+  return {login_failures_, last_login_error_, last_login_error_at_, last_failure_busy_, down_};
 }
 
 }  // namespace sluice::pool

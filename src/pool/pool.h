@@ -20,6 +20,7 @@
 #include "common/clock.h"
 #include "config/config.h"
 #include "net/event_loop.h"
+#include "overload/codel.h"
 #include "overload/wait_queue.h"
 #include "pool/server_conn.h"
 #include "protocol/session_state.h"
@@ -39,7 +40,9 @@ class PoolClient {
   // Both run on the client's own loop. A server handed over may already be closed (it died
   // while moving); the client then asks again.
   virtual void onServerAssigned(std::shared_ptr<ServerConn> server) = 0;
-  virtual void onAcquireFailed(const protocol::ErrorInfo& error) = 0;
+  // `reason`: why, for the client's close (query_wait_timeout, a saturated or overloaded pool, an
+  // unreachable database, a refused server login).
+  virtual void onAcquireFailed(const protocol::ErrorInfo& error, stats::CloseReason reason) = 0;
   virtual net::EventLoop* clientLoop() const = 0;
 };
 
@@ -59,7 +62,11 @@ struct PoolSettings {
   bool server_round_robin = false;
   int max_db_connections = 0;
   int max_user_connections = 0;
-  int server_connect_parallelism = 4;
+  int server_connect_parallelism = 4;  // per database (the PoolRegistry counts)
+  int max_waiting_clients = 0;         // 0 = unlimited
+  Millis codel_target{0};              // 0 = CoDel off
+  Millis codel_interval{1000};
+  Millis codel_deadline{1000};
   ServerLogin login;
 };
 
@@ -75,8 +82,11 @@ struct PoolStats {
   int waiting = 0;  // clients in the wait queue
   int clients = 0;  // logged-in clients of this pool
   double max_wait_s = 0;
-  bool paused = false;  // PAUSE or KILL from the admin console: hands out no server
-  int stale = 0;        // servers from before the last RECONNECT/reload, closing when released
+  bool paused = false;    // PAUSE or KILL from the admin console: hands out no server
+  bool warming = false;   // min_pool_size not reached yet since start (/readyz waits for it)
+  bool standing = false;  // CoDel: the wait queue is standing (newest served first)
+  bool down = false;      // server logins keep failing: waiting and new clients fail fast
+  int stale = 0;          // servers from before the last RECONNECT/reload, closing when released
 };
 
 // Statistics of one pool written by one loop (a shard per loop; see stats/counter.h).
@@ -142,7 +152,12 @@ class Pool : public std::enable_shared_from_this<Pool> {
     int consecutive_failures = 0;
     std::string last_error;
     TimePoint last_error_at{};
+    bool busy = false;  // the last failure was 53300 (PostgreSQL is full): degraded, not down
+    bool down = false;  // kDownAfterFailures unreachable failures in a row: clients fail fast
   };
+  // Logins that fail in a row for a reason other than a full server (refused, timed out,
+  // PostgreSQL starting or shutting down) before the pool counts its database as down.
+  static constexpr int kDownAfterFailures = 3;
   LoginHealth loginHealth() const;
   // ParameterStatus set PostgreSQL sent at the first login, replayed to clients at their login.
   std::vector<std::pair<std::string, std::string>> welcome() const;
@@ -164,6 +179,18 @@ class Pool : public std::enable_shared_from_this<Pool> {
   // DISABLE / ENABLE: new clients of the pool are refused at login (the session asks).
   void setDisabled(bool disabled) { disabled_.store(disabled, std::memory_order_relaxed); }
   bool disabled() const { return disabled_.load(std::memory_order_relaxed); }
+  // The application_names holding this pool's servers, most first ("api 12, worker 3"), set by
+  // the App from the worker loops about once a second while clients wait; named in the errors
+  // of a saturated pool.
+  void setHolders(std::string holders);
+  // Since when the oldest client has waited (nullopt: nobody waits); for fairness across pools
+  // that share a budget.
+  std::optional<TimePoint> oldestWaiter() const;
+  // Launches connects for waiting clients, if the limits allow (a shared budget slot freed).
+  void grow();
+  // Opens min_pool_size servers now (start, reload) rather than at the next janitor tick.
+  void warm();
+
   // Closes the longest-idle server, if any, to free a shared budget slot for another pool.
   bool closeOneIdle(const std::string& reason);
   // The idle servers of loop `loop_index` at this moment (SHOW SERVERS). Only that loop may
@@ -191,8 +218,12 @@ class Pool : public std::enable_shared_from_this<Pool> {
   void deliver(std::shared_ptr<PoolClient> client, std::shared_ptr<ServerConn> server);
   void onLoginDone(const std::shared_ptr<ServerConn>& server, Status st,
                    const std::string& sqlstate);
-  void failWaiters(std::vector<std::shared_ptr<PoolClient>> clients, const protocol::ErrorInfo& e);
+  void failWaiters(std::vector<std::shared_ptr<PoolClient>> clients, const protocol::ErrorInfo& e,
+                   stats::CloseReason reason);
   std::string saturationMessageLocked() const;
+  protocol::ErrorInfo unreachableErrorLocked() const;
+  void backOffLocked();  // after a failed login: exponential, with jitter
+  void keepMinimumLocked();
 
   PoolRegistry* registry_;
   const std::string database_;
@@ -220,8 +251,16 @@ class Pool : public std::enable_shared_from_this<Pool> {
   std::string last_login_error_;  // GUARDED_BY(mu_)
   std::string last_login_sqlstate_;
   TimePoint last_login_error_at_{};
-  int login_failures_ = 0;  // consecutive
-  TimePoint retry_at_{};    // no new connect before this after failures
+  int login_failures_ = 0;  // consecutive, any transient kind (the backoff's exponent)
+  bool last_failure_busy_ = false;
+  int unreachable_failures_ = 0;  // consecutive, not counting 53300 (a full server is up)
+  bool down_ = false;
+  std::chrono::system_clock::time_point down_since_{};  // the first failure of the streak
+  TimePoint retry_at_{};                                // no new connect before this after failures
+  bool warmed_ = false;                                 // min_pool_size was reached once
+  overload::Codel codel_{Millis(0), Millis(1000)};
+  std::string holders_;                   // see setHolders()
+  uint64_t rng_ = 0x9e3779b97f4a7c15ULL;  // the backoff's jitter (xorshift)
   uint64_t next_wait_id_ = 1;
   bool budget_blocked_ = false;  // waiters could not get a connect because a shared budget is full
   size_t next_loop_ = 0;         // round robin for pre-warming

@@ -51,6 +51,10 @@ PoolSettings PoolRegistry::resolve(const config::Config& cfg, const config::User
   p.server_reset_query_always = s.server_reset_query_always;
   p.server_round_robin = s.server_round_robin;
   p.server_connect_parallelism = s.server_connect_parallelism;
+  p.max_waiting_clients = s.max_waiting_clients;
+  p.codel_target = s.codel_target;
+  p.codel_interval = s.codel_interval;
+  p.codel_deadline = s.codel_deadline;
   p.max_db_connections =
       db && db->max_db_connections ? *db->max_db_connections : s.max_db_connections;
   p.max_user_connections =
@@ -165,8 +169,51 @@ std::vector<std::shared_ptr<Pool>> PoolRegistry::all() const {
 }
 
 void PoolRegistry::janitor() {
+  std::vector<std::pair<std::string, std::string>> to_warm;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& db : cfg_->databases) {
+      if (db.name == "*" || db.user.empty()) continue;
+      int min = db.min_pool_size ? *db.min_pool_size : cfg_->settings.min_pool_size;
+      if (min > 0 && !pools_.count({db.name, db.user})) to_warm.emplace_back(db.name, db.user);
+    }
+  }
+  for (const auto& [db, user] : to_warm) {
+    if (auto p = get(db, user, nullptr)) p->warm();
+  }
   auto t = now();
-  for (auto& p : all()) p->janitor(t);
+  std::vector<std::pair<TimePoint, std::shared_ptr<Pool>>> order;
+  for (auto& p : all()) order.emplace_back(p->oldestWaiter().value_or(TimePoint::max()), p);
+  std::stable_sort(order.begin(), order.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (auto& [since, p] : order) p->janitor(t);
+}
+
+bool PoolRegistry::tryTakeLoginSlot(const std::string& db, int limit) {
+  std::lock_guard lock(budget_mu_);
+  int& n = logins_[db];
+  if (limit > 0 && n >= limit) return false;
+  ++n;
+  return true;
+}
+
+void PoolRegistry::releaseLoginSlot(const std::string& db) {
+  std::lock_guard lock(budget_mu_);
+  --logins_[db];
+}
+
+void PoolRegistry::growLongestWaiting(const std::string& db, const std::string& user) {
+  std::shared_ptr<Pool> best;
+  TimePoint best_since = TimePoint::max();
+  for (auto& p : all()) {
+    if (p->database() != db && p->user() != user) continue;
+    auto since = p->oldestWaiter();
+    if (since && *since < best_since) {
+      best_since = *since;
+      best = p;
+    }
+  }
+  if (best) best->grow();
 }
 
 bool PoolRegistry::tryTakeBudget(const std::string& db, const std::string& user, int max_db,

@@ -32,11 +32,22 @@ class PoolRegistry {
   std::shared_ptr<Pool> get(const std::string& database, const std::string& user,
                             std::string* error);
   std::vector<std::shared_ptr<Pool>> all() const;
+  // Upkeep, every tick of the App's janitor: pools with min_pool_size are created for databases
+  // with a forced user (so they warm up before any client comes), and every pool's janitor runs,
+  // the pool whose client has waited longest first (shared budgets go to it).
   void janitor();
 
   // Budgets across pools. Callers hold the requesting pool's mutex.
   bool tryTakeBudget(const std::string& db, const std::string& user, int max_db, int max_user);
   void releaseBudget(const std::string& db, const std::string& user);
+  // Server logins in flight per database, at most `limit` (server_connect_parallelism). Any
+  // thread; callers may hold a pool's mutex.
+  bool tryTakeLoginSlot(const std::string& db, int limit);
+  void releaseLoginSlot(const std::string& db);
+  // A slot of a budget shared by several pools freed: the pool whose client has waited longest
+  // among those sharing db's or user's budget gets to connect (PgBouncer serves such pools in a
+  // fixed order and can starve all but the first). Call without any pool's mutex.
+  void growLongestWaiting(const std::string& db, const std::string& user);
   // Closes one idle server of another pool that shares db's or user's budget with `except`
   // (an empty db or user means that budget is not the one that is full).
   void evictIdleFor(const std::string& db, const std::string& user, const Pool* except);
@@ -68,6 +79,7 @@ class PoolRegistry {
   std::mutex budget_mu_;
   std::map<std::string, int> db_used_;    // GUARDED_BY(budget_mu_)
   std::map<std::string, int> user_used_;  // GUARDED_BY(budget_mu_)
+  std::map<std::string, int> logins_;     // GUARDED_BY(budget_mu_), per database
   std::atomic<uint64_t> next_server_id_{1};
 };
 

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "admin/admin_console.h"
+#include "admin/loop_gather.h"
 #include "common/log.h"
 #include "server/lease_log.h"
 #include "session/client_session.h"
@@ -225,6 +226,7 @@ void App::scheduleJanitor() {
 void App::janitorTick() {
   pools_->janitor();
   if (shutting_down_) shutdownTick();
+  if (janitor_ticks_ % 10 == 0) nameHolders();
   auto t0 = now();
   admin_->tick(t0);  // SHOW STATS' periods
   monitor_.tick(t0, pools_->config()->settings, *pools_);
@@ -247,6 +249,49 @@ void App::janitorTick() {
       checkLeases(*l, t, cfg->settings);  // the leak detector (hold_warn_threshold)
     });
   }
+}
+
+void App::nameHolders() {
+  // Only pools with clients waiting need names for their errors; ask the loops who holds what.
+  bool anyone_waits = false;
+  for (const auto& p : pools_->all()) anyone_waits |= p->stats().waiting > 0;
+  if (!anyone_waits) return;
+  using Held = std::map<std::pair<std::string, std::string>, std::map<std::string, int>>;
+  admin::gatherLoops<Held>(
+      &ctx_,
+      [](session::LoopClients& lc) {
+        Held held;
+        for (session::ClientSession* c : lc.clients) {
+          if (c->server() && c->pool() && !c->isAdmin()) {
+            ++held[{c->database(), c->pool()->user()}][c->applicationName()];
+          }
+        }
+        return held;
+      },
+      [pools = pools_.get()](std::vector<Held>& parts) {
+        Held all;
+        for (auto& part : parts) {
+          for (auto& [pool, apps] : part) {
+            for (auto& [app, n] : apps) all[pool][app] += n;
+          }
+        }
+        for (const auto& p : pools->all()) {
+          auto it = all.find({p->database(), p->user()});
+          if (it == all.end()) {
+            p->setHolders("");
+            continue;
+          }
+          std::vector<std::pair<int, std::string>> rows;
+          for (const auto& [app, n] : it->second) rows.emplace_back(n, app);
+          std::sort(rows.rbegin(), rows.rend());
+          std::string text;
+          for (size_t i = 0; i < rows.size() && i < 3; ++i) {
+            text += fmt::format("{}\"{}\" {}", i ? ", " : "", rows[i].second, rows[i].first);
+          }
+          if (rows.size() > 3) text += fmt::format(" and {} more", rows.size() - 3);
+          p->setHolders(std::move(text));
+        }
+      });
 }
 
 void App::waitSignals() {

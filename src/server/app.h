@@ -46,6 +46,9 @@ class App : public admin::ControlPlane {
   void handOff(int fd, std::string peer);  // a worker loop creates the session
   void scheduleJanitor();
   void janitorTick();
+  // Tells pools with waiting clients which application_names hold their servers (their errors
+  // name them); asks the worker loops, about once a second.
+  void nameHolders();
   void waitSignals();
   void shutdownTick();
 

@@ -1012,14 +1012,12 @@ void ClientSession::onServerGone(const ErrorInfo& error) {
   closeWithError(e, CloseReason::kServerLost);
 }
 
-void ClientSession::onAcquireFailed(const ErrorInfo& error) {
+void ClientSession::onAcquireFailed(const ErrorInfo& error, CloseReason reason) {
   if (closing() || (state_ != State::kWaiting && state_ != State::kWelcome)) return;
   wait_id_ = 0;
   ErrorInfo e = error;
   e.severity = "FATAL";  // the connection closes after it, so the client must not retry on it
-  // The pool's query_wait_timeout, or a server login refused for a reason retrying cannot fix.
-  closeWithError(e, error.sqlstate == sqlstate::kQueryCanceled ? CloseReason::kQueryWaitTimeout
-                                                               : CloseReason::kServerLoginFailed);
+  closeWithError(e, reason);
 }
 
 void ClientSession::onCancelRequest() {

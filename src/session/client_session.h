@@ -61,7 +61,7 @@ class ClientSession : public pool::PoolClient,
 
   // PoolClient
   void onServerAssigned(std::shared_ptr<pool::ServerConn> server) override;
-  void onAcquireFailed(const protocol::ErrorInfo& error) override;
+  void onAcquireFailed(const protocol::ErrorInfo& error, stats::CloseReason reason) override;
   net::EventLoop* clientLoop() const override { return loop_; }
   // ServerListener
   void onServerData(std::string_view bytes) override;

@@ -30,6 +30,9 @@ namespace sluice::stats {
   X(kServerLoginFailed, "server_login_failed", "08006",                                       \
     "") /* the server's own SQLSTATE, if any */                                               \
   X(kQueryWaitTimeout, "query_wait_timeout", "57014", "query_wait_timeout")                   \
+  X(kPoolSaturated, "pool_saturated", "53300", "")             /* max_waiting_clients */      \
+  X(kOverloadShed, "overload_shed", "53300", "codel_deadline") /* CoDel */                    \
+  X(kDatabaseUnavailable, "database_unavailable", "08006", "") /* logins keep failing */      \
   X(kClientLoginTimeout, "client_login_timeout", "08P01", "client_login_timeout")             \
   X(kClientIdleTimeout, "client_idle_timeout", "57P05", "client_idle_timeout")                \
   X(kQueryTimeout, "query_timeout", "57014", "query_timeout")                                 \

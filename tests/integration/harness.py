@@ -189,13 +189,15 @@ host all all 127.0.0.1/32 scram-sha-256
         return self.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,))[0][0]
 
     def backends(self, user: str | None = None, dbname: str | None = "appdb") -> list[dict]:
-        """Client backends other than ours, optionally of one role and database."""
+        """Client backends other than ours and sluice's start-up budget check (a short-lived
+        connection of its own, not a pooled server), optionally of one role and database."""
         with self._lock:
             cur = self._conn.cursor(row_factory=dict_row)
             return cur.execute(
                 """SELECT pid, usename, datname, state, query, backend_start
                      FROM pg_stat_activity
                     WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+                      AND application_name <> 'sluice budget_check'
                       AND (%(u)s::text IS NULL OR usename = %(u)s)
                       AND (%(d)s::text IS NULL OR datname = %(d)s)""",
                 {"u": user, "d": dbname}).fetchall()
@@ -249,6 +251,7 @@ class BackendSampler:
                 n = conn.execute(
                     """SELECT count(*) FROM pg_stat_activity
                         WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+                          AND application_name <> 'sluice budget_check'
                           AND (%(u)s::text IS NULL OR usename = %(u)s)
                           AND (%(d)s::text IS NULL OR datname = %(d)s)""",
                     {"u": self.user, "d": self.dbname}).fetchone()[0]
