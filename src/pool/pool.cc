@@ -22,7 +22,15 @@ Pool::Pool(PoolRegistry* registry, std::string database, std::string user, PoolS
       idle_(loops.size()) {
   for (size_t i = 0; i < loops.size(); ++i) shards_.push_back(std::make_unique<PoolShard>());
   codel_.configure(settings_.codel_target, settings_.codel_interval);
+  budget_shared_.store(settings_.max_db_connections > 0 || settings_.max_user_connections > 0,
+                       std::memory_order_relaxed);
   warmed_ = settings_.min_pool_size == 0;
+}
+
+std::optional<TimePoint> Pool::oldestBlockedWaiter() const {
+  std::lock_guard lock(mu_);
+  if (!budget_blocked_) return std::nullopt;
+  return waiters_.oldest();
 }
 
 PoolSettings Pool::settings() const {
@@ -38,6 +46,8 @@ void Pool::applySettings(PoolSettings settings) {
                        settings.login.user != settings_.login.user;
   settings_ = std::move(settings);
   codel_.configure(settings_.codel_target, settings_.codel_interval);
+  budget_shared_.store(settings_.max_db_connections > 0 || settings_.max_user_connections > 0,
+                       std::memory_order_relaxed);
   if (login_changed) {
     ++generation_;
     current_generation_ = 0;
@@ -83,6 +93,7 @@ bool Pool::mayOpenLocked(bool reserve) {
   if (!registry_->tryTakeLoginSlot(database_, settings_.server_connect_parallelism)) return false;
   if (registry_->tryTakeBudget(database_, user_, settings_.max_db_connections,
                                settings_.max_user_connections)) {
+    budget_blocked_ = false;
     return true;
   }
   registry_->releaseLoginSlot(database_);
@@ -101,11 +112,6 @@ void Pool::growLocked(net::EventLoop* loop, bool reserve) {
 void Pool::grow() {
   std::lock_guard lock(mu_);
   growLocked(nullptr, false);
-}
-
-void Pool::warm() {
-  std::lock_guard lock(mu_);
-  keepMinimumLocked();
 }
 
 void Pool::keepMinimumLocked() {
@@ -249,7 +255,22 @@ void Pool::deliver(std::shared_ptr<PoolClient> client, std::shared_ptr<ServerCon
 
 void Pool::release(std::shared_ptr<ServerConn> server, TimePoint t) {
   server->detach(t);
+  // A budget shared with other pools: a client of another pool that has waited longer than
+  // anyone here gets this slot (the server closes, that pool connects). Looked up before taking
+  // mu_, since it locks the other pools.
+  std::optional<TimePoint> elsewhere;
+  if (budget_shared_.load(std::memory_order_relaxed)) {
+    elsewhere = registry_->oldestBlockedWaiter(database_, user_, this);
+  }
   std::unique_lock lock(mu_);
+  if (elsewhere) {
+    auto mine = waiters_.oldest();
+    if (!mine || *elsewhere < *mine) {
+      lock.unlock();
+      server->close("its shared budget slot goes to a pool whose client waited longer");
+      return;
+    }
+  }
   bool too_old =
       settings_.server_lifetime.count() > 0 && t - server->createdAt() >= settings_.server_lifetime;
   bool stale = server->generation < generation_;
@@ -534,7 +555,7 @@ void Pool::janitor(TimePoint t) {
   {
     std::lock_guard lock(mu_);
     blocked = budget_blocked_ && !waiters_.empty();
-    budget_blocked_ = false;
+    if (waiters_.empty()) budget_blocked_ = false;  // else until a connect gets a slot
     by_db = settings_.max_db_connections > 0;
     by_user = settings_.max_user_connections > 0;
   }

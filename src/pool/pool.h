@@ -186,10 +186,10 @@ class Pool : public std::enable_shared_from_this<Pool> {
   // Since when the oldest client has waited (nullopt: nobody waits); for fairness across pools
   // that share a budget.
   std::optional<TimePoint> oldestWaiter() const;
+  // The same, only while its clients wait because a shared budget is full.
+  std::optional<TimePoint> oldestBlockedWaiter() const;
   // Launches connects for waiting clients, if the limits allow (a shared budget slot freed).
   void grow();
-  // Opens min_pool_size servers now (start, reload) rather than at the next janitor tick.
-  void warm();
 
   // Closes the longest-idle server, if any, to free a shared budget slot for another pool.
   bool closeOneIdle(const std::string& reason);
@@ -248,6 +248,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
   int current_generation_ = 0;  // servers of generation_ (GUARDED_BY(mu_)); the rest are stale
   bool paused_ = false;         // GUARDED_BY(mu_)
   std::atomic<bool> disabled_{false};
+  std::atomic<bool> budget_shared_{false};  // max_db_connections or max_user_connections set
   std::string last_login_error_;  // GUARDED_BY(mu_)
   std::string last_login_sqlstate_;
   TimePoint last_login_error_at_{};

@@ -18,6 +18,25 @@ void PoolRegistry::setConfig(std::shared_ptr<const config::Config> cfg,
     }
   }
   for (auto& [pool, settings] : updates) pool->applySettings(std::move(settings));
+  // Pools to pre-warm exist from now on, so /readyz reports them warming until they are.
+  createWarmPools();
+}
+
+std::vector<std::shared_ptr<Pool>> PoolRegistry::createWarmPools() {
+  std::vector<std::pair<std::string, std::string>> wanted;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& db : cfg_->databases) {
+      if (db.name == "*" || db.user.empty()) continue;
+      int min = db.min_pool_size ? *db.min_pool_size : cfg_->settings.min_pool_size;
+      if (min > 0 && !pools_.count({db.name, db.user})) wanted.emplace_back(db.name, db.user);
+    }
+  }
+  std::vector<std::shared_ptr<Pool>> out;
+  for (const auto& [db, user] : wanted) {
+    if (auto p = get(db, user, nullptr)) out.push_back(std::move(p));
+  }
+  return out;
 }
 
 std::shared_ptr<const config::Config> PoolRegistry::config() const {
@@ -169,18 +188,6 @@ std::vector<std::shared_ptr<Pool>> PoolRegistry::all() const {
 }
 
 void PoolRegistry::janitor() {
-  std::vector<std::pair<std::string, std::string>> to_warm;
-  {
-    std::lock_guard lock(mu_);
-    for (const auto& db : cfg_->databases) {
-      if (db.name == "*" || db.user.empty()) continue;
-      int min = db.min_pool_size ? *db.min_pool_size : cfg_->settings.min_pool_size;
-      if (min > 0 && !pools_.count({db.name, db.user})) to_warm.emplace_back(db.name, db.user);
-    }
-  }
-  for (const auto& [db, user] : to_warm) {
-    if (auto p = get(db, user, nullptr)) p->warm();
-  }
   auto t = now();
   std::vector<std::pair<TimePoint, std::shared_ptr<Pool>>> order;
   for (auto& p : all()) order.emplace_back(p->oldestWaiter().value_or(TimePoint::max()), p);
@@ -200,6 +207,18 @@ bool PoolRegistry::tryTakeLoginSlot(const std::string& db, int limit) {
 void PoolRegistry::releaseLoginSlot(const std::string& db) {
   std::lock_guard lock(budget_mu_);
   --logins_[db];
+}
+
+std::optional<TimePoint> PoolRegistry::oldestBlockedWaiter(const std::string& db,
+                                                           const std::string& user,
+                                                           const Pool* except) {
+  std::optional<TimePoint> best;
+  for (auto& p : all()) {
+    if (p.get() == except || (p->database() != db && p->user() != user)) continue;
+    auto since = p->oldestBlockedWaiter();
+    if (since && (!best || *since < *best)) best = since;
+  }
+  return best;
 }
 
 void PoolRegistry::growLongestWaiting(const std::string& db, const std::string& user) {

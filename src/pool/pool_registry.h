@@ -32,9 +32,8 @@ class PoolRegistry {
   std::shared_ptr<Pool> get(const std::string& database, const std::string& user,
                             std::string* error);
   std::vector<std::shared_ptr<Pool>> all() const;
-  // Upkeep, every tick of the App's janitor: pools with min_pool_size are created for databases
-  // with a forced user (so they warm up before any client comes), and every pool's janitor runs,
-  // the pool whose client has waited longest first (shared budgets go to it).
+  // Upkeep, every tick of the App's janitor: every pool's janitor runs (it keeps min_pool_size
+  // open), the pool whose client has waited longest first (shared budgets go to it).
   void janitor();
 
   // Budgets across pools. Callers hold the requesting pool's mutex.
@@ -48,6 +47,10 @@ class PoolRegistry {
   // among those sharing db's or user's budget gets to connect (PgBouncer serves such pools in a
   // fixed order and can starve all but the first). Call without any pool's mutex.
   void growLongestWaiting(const std::string& db, const std::string& user);
+  // The oldest waiter among the other pools sharing db's or user's budget whose clients wait
+  // for lack of a budget slot. Call without any pool's mutex.
+  std::optional<TimePoint> oldestBlockedWaiter(const std::string& db, const std::string& user,
+                                               const Pool* except);
   // Closes one idle server of another pool that shares db's or user's budget with `except`
   // (an empty db or user means that budget is not the one that is full).
   void evictIdleFor(const std::string& db, const std::string& user, const Pool* except);
@@ -65,6 +68,9 @@ class PoolRegistry {
   uint64_t nextServerId() { return next_server_id_.fetch_add(1, std::memory_order_relaxed); }
 
  private:
+  // Pools of databases with a forced user and min_pool_size are created with the config (by
+  // setConfig), so that they warm up before any client comes; returns those it created.
+  std::vector<std::shared_ptr<Pool>> createWarmPools();
   PoolSettings resolve(const config::Config& cfg, const config::UserList* users,
                        const std::string& database, const std::string& user) const;
 
