@@ -320,6 +320,20 @@ void Pool::resetAndRelease(std::shared_ptr<ServerConn> server) {
   });
 }
 
+void Pool::rollbackAndRelease(std::shared_ptr<ServerConn> server, bool then_reset) {
+  server->detach();
+  auto self = shared_from_this();
+  server->runInternal("ROLLBACK", [self, server, then_reset](Status st) {
+    if (!st) {
+      server->close("ROLLBACK after idle_transaction_timeout failed: " + st.message());
+    } else if (then_reset) {
+      self->resetAndRelease(server);
+    } else {
+      self->release(server);
+    }
+  });
+}
+
 void Pool::onServerClosed(ServerConn* server) {
   bool shared = false;
   {

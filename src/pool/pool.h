@@ -138,6 +138,10 @@ class Pool : public std::enable_shared_from_this<Pool> {
   // Runs server_reset_query first (session mode, or server_reset_query_always), then releases;
   // a server whose reset fails is closed.
   void resetAndRelease(std::shared_ptr<ServerConn> server);
+  // Rolls back the transaction a client left open (idle_transaction_timeout), then releases the
+  // server, through server_reset_query first when `then_reset` (session mode); a server whose
+  // ROLLBACK fails is closed. On the server's loop.
+  void rollbackAndRelease(std::shared_ptr<ServerConn> server, bool then_reset);
   // Accounting when a server closes for any reason (called by ServerConn::close).
   void onServerClosed(ServerConn* server);
 
@@ -249,7 +253,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
   bool paused_ = false;         // GUARDED_BY(mu_)
   std::atomic<bool> disabled_{false};
   std::atomic<bool> budget_shared_{false};  // max_db_connections or max_user_connections set
-  std::string last_login_error_;  // GUARDED_BY(mu_)
+  std::string last_login_error_;            // GUARDED_BY(mu_)
   std::string last_login_sqlstate_;
   TimePoint last_login_error_at_{};
   int login_failures_ = 0;  // consecutive, any transient kind (the backoff's exponent)

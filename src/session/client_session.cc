@@ -1102,6 +1102,16 @@ void ClientSession::janitor(TimePoint t, const config::Settings& s) {
         }
       } else if (server_->txStatus() != 'I') {
         if (over(last_activity_, s.idle_transaction_timeout)) {
+          if (pinned_ == protocol::SessionState::kNone && server_->pendingCancels == 0) {
+            // Nothing runs and the client sends nothing: roll its transaction back and give the
+            // server to whoever waits, rather than closing it.
+            rewriter_.reset();
+            double held = secondsSince(server_since_);
+            stats_->hold_seconds.observe(held);
+            held_total_s_ += held;
+            bool reset = mode_ == config::PoolMode::kSession || s.server_reset_query_always;
+            pool_->rollbackAndRelease(std::move(server_), reset);
+          }
           closeWithError(CloseReason::kIdleTransactionTimeout,
                          fmt::format("sluice: idle_transaction_timeout ({} s): the transaction was "
                                      "idle too long and was rolled back; its server connection "

@@ -63,6 +63,28 @@ def test_idle_transaction_timeout(poolers):
     # PgBouncer 1.18: FATAL 08P01 "idle transaction timeout".
     if not IS_SLUICE:
         assert err.fields == {"S": "FATAL", "C": "08P01", "M": "idle transaction timeout"}
+    else:
+        assert err.sqlstate == "25P03" and "idle_transaction_timeout (1 s)" in err.message, err
+
+
+@pytest.mark.sluice_only(reason="PgBouncer 1.18 closes the server of a timed-out transaction")
+def test_idle_transaction_timeout_rolls_back_and_gives_the_server_to_the_next(poolers, pg):
+    p = poolers(settings={"default_pool_size": 1, "idle_transaction_timeout": 1,
+                          "query_wait_timeout": 20})
+    with pg.connect(dbname="appdb") as c:
+        c.execute("DROP TABLE IF EXISTS itt")
+        c.execute("CREATE TABLE itt (v int)")
+        c.execute("GRANT ALL ON itt TO PUBLIC")
+    with p.wire() as idler, p.connect() as other:
+        idler.query("BEGIN")
+        pid = idler.query("SELECT pg_backend_pid()").rows[0][0]
+        idler.query("INSERT INTO itt VALUES (1)")
+        # The waiter gets the same backend, with the idle transaction rolled back.
+        row = other.execute("SELECT pg_backend_pid(), (SELECT count(*) FROM itt)").fetchone()
+        assert (str(row[0]), row[1]) == (pid, 0), row
+        assert other.execute("SELECT now() = statement_timestamp()").fetchone()[0] is True
+        err = idler.wait_error(5)
+    assert err is None or err.closed
 
 
 def test_client_idle_timeout(poolers):
