@@ -212,6 +212,10 @@ void ServerConn::startRead() {
 
 void ServerConn::onReadable() {
   read_in_flight_ = false;
+  if (draining_) {
+    drain();
+    return;
+  }
   if (state_ == State::kClosed) return;
   char* p = in_.prepare(kReadChunk);
   size_t room = in_.writable();
@@ -604,16 +608,60 @@ bool ServerConn::looksAlive() const {
 
 void ServerConn::close(const std::string& reason) {
   if (state_ == State::kClosed) return;
+  bool said_bye = false;
   if ((state_ == State::kActive || state_ == State::kIdle) && !write_in_flight_ &&
-      outbox_.empty()) {
+      outbox_.empty() && slot_ != nullptr) {
     std::string bye;
     protocol::appendTerminate(bye);
-    ::send(fd_, bye.data(), bye.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    said_bye =
+        ::send(fd_, bye.data(), bye.size(), MSG_NOSIGNAL | MSG_DONTWAIT) == ssize_t(bye.size());
   }
   state_ = State::kClosed;
   SLOG_INFO("{} closing: {} (age {:.1f} s)", describe(), reason, secondsSince(created_at_));
+  if (!said_bye) {
+    finishClose();
+    return;
+  }
+  // PostgreSQL keeps the backend's connection slot until the backend has read the Terminate
+  // and exited, which it shows by closing its end. Until then this server still counts against
+  // the pool and its budgets, so that a freed slot is never reused while PostgreSQL still
+  // counts it taken (no phantom room); a backend that does not close within kDrainLimit is
+  // counted gone anyway.
+  draining_ = true;
+  ::shutdown(fd_, SHUT_WR);
+  if (timer_ != 0) loop_->cancelTimer(timer_);
+  auto self = shared_from_this();
+  timer_ = loop_->runAfter(kDrainLimit, [self] {
+    self->timer_ = 0;
+    self->finishClose();
+  });
+  read_in_flight_ = true;
+  loop_->wantRead(slot_);
+}
+
+void ServerConn::finishClose() {
+  if (finished_) return;
+  finished_ = true;
+  draining_ = false;
   loop_->release(timer_, slot_, fd_);
   pool_->onServerClosed(this);
+}
+
+void ServerConn::drain() {
+  char sink[512];
+  for (;;) {
+    ssize_t n = net::sysRecv(fd_, sink, sizeof sink, MSG_DONTWAIT);
+    if (n > 0) continue;  // whatever it still sent (a notice): nobody reads it now
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      net::EventLoop::drained(slot_);
+      read_in_flight_ = true;
+      loop_->wantRead(slot_);
+      return;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    finishClose();  // EOF (the backend is gone) or an error
+    return;
+  }
 }
 
 }  // namespace sluice::pool

@@ -105,7 +105,10 @@ class ServerConn : public net::IoWatcher, public std::enable_shared_from_this<Se
   void detachFromLoop();
   void attachToLoop(net::EventLoop* loop);
 
+  // Ends the connection: its pool and budgets count it until PostgreSQL has closed its end (or
+  // kDrainLimit passed), since the backend holds its slot until then; state() is kClosed at once.
   void close(const std::string& reason);
+  static constexpr Millis kDrainLimit{1000};
   // False if PostgreSQL already closed this connection or sent something while it was idle
   // (a FATAL before going away) that the idle watch has not processed yet. One non-blocking
   // peek; nothing is consumed.
@@ -152,6 +155,8 @@ class ServerConn : public net::IoWatcher, public std::enable_shared_from_this<Se
   bool handleLoginMessage(char type, std::string_view payload);  // false: stop
   void afterWrite(net::Outbox::Result r);
   void fail(const std::string& why, const std::string& sqlstate = {});
+  void finishClose();  // deregisters, closes the descriptor, tells the pool
+  void drain();        // reads to PostgreSQL's EOF after close()
   void finishLogin(Status st, const std::string& sqlstate);
 
   Pool* pool_;
@@ -159,7 +164,9 @@ class ServerConn : public net::IoWatcher, public std::enable_shared_from_this<Se
   uint64_t id_;
   int fd_ = -1;
   net::EventLoop::Slot* slot_ = nullptr;  // registration with loop_ while connected
-  net::EventLoop::TimerId timer_ = 0;     // the login deadline
+  net::EventLoop::TimerId timer_ = 0;     // the login deadline, then the drain limit
+  bool draining_ = false;                 // closed, waiting for PostgreSQL's EOF
+  bool finished_ = false;                 // finishClose() ran
   bool connecting_ = false;               // connect() in progress: the first writability ends it
   State state_ = State::kLogin;
   ServerLogin login_;
