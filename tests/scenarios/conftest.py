@@ -1,8 +1,8 @@
 """Fixtures for the scenario tests: the integration suite's own (one PostgreSQL per session,
 `poolers`, the hang guard, the `sluice_only` marker), plus `report` for what each scenario
 measured. A module that needs its own PostgreSQL (a small max_connections, a cluster it may
-SIGSTOP) overrides `pg` with `dedicated_pg(...)`; `poolers` then points at that cluster.
-See README.md."""
+SIGSTOP) overrides `pg` with `scenario_lib.dedicated_pg(...)`; `poolers` then points at that
+cluster. See README.md."""
 
 from __future__ import annotations
 
@@ -14,9 +14,6 @@ import pytest
 
 INTEGRATION = Path(__file__).resolve().parents[1] / "integration"
 sys.path.insert(0, str(INTEGRATION))
-
-import harness  # noqa: E402
-from harness import Postgres  # noqa: E402
 
 # The integration conftest, loaded under its own name so that both directories can be collected
 # in one run; its fixtures and hooks are re-exported here rather than copied.
@@ -34,23 +31,6 @@ workdir = _it.workdir
 pg = _it.pg
 poolers = _it.poolers
 is_sluice = _it.is_sluice
-
-
-def dedicated_pg(conf: dict, scope: str = "module"):
-    """A fixture (use it as `pg = dedicated_pg({...})` in a test module) that starts a cluster
-    of its own with extra postgresql.conf settings, for the module's tests only."""
-    @pytest.fixture(scope=scope)
-    def _pg(workdir, request) -> Postgres:
-        base = workdir / f"pg-{request.node.name.replace('/', '_').replace('.py', '')}"
-        base.mkdir()
-        harness.give(base)
-        server = Postgres(base, conf)
-        try:
-            server.start()
-            yield server
-        finally:
-            server.stop()
-    return _pg
 
 
 # ---- what the scenarios measured -----------------------------------------------------------------

@@ -14,11 +14,30 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg.rows import dict_row
 
+import harness
 from harness import ADMIN_PASSWORD, ADMIN_USER, IS_SLUICE, Pooler, Postgres, sqlstate, wait_until
 
 _SSL_REQUEST = struct.pack("!ii", 8, 80877103)
+
+
+def dedicated_pg(conf: dict, scope: str = "module"):
+    """A fixture (use it as `pg = dedicated_pg({...})` in a test module) that starts a cluster
+    of its own with extra postgresql.conf settings, for the module's tests only."""
+    @pytest.fixture(scope=scope)
+    def _pg(workdir, request) -> Postgres:
+        base = workdir / f"pg-{request.node.name.replace('/', '_').replace('.py', '')}"
+        base.mkdir()
+        harness.give(base)
+        server = Postgres(base, conf)
+        try:
+            server.start()
+            yield server
+        finally:
+            server.stop()
+    return _pg
 
 
 class SlowLoginProxy:
@@ -212,6 +231,23 @@ def continue_cluster(pg: Postgres) -> None:
     signal_cluster(pg, signal.SIGCONT)
 
 
+# libpq drops the SQLSTATE of an error that ends a connection attempt; PostgreSQL's own texts
+# for the errors the scenarios look for identify them.
+_KNOWN_TEXTS = {
+    "sorry, too many clients already": "53300",
+    "remaining connection slots are reserved": "53300",
+    "the database system is starting up": "57P03",
+    "the database system is shutting down": "57P03",
+}
+
+
+def _sqlstate_from_text(text: str) -> str | None:
+    for needle, code in _KNOWN_TEXTS.items():
+        if needle in text:
+            return code
+    return None
+
+
 class Outcomes:
     """Tallies what clients got: "ok", a SQLSTATE, or the exception's type when there is none
     (a client-side timeout, a closed socket). Thread-safe; `.messages` keeps one text per kind."""
@@ -226,7 +262,7 @@ class Outcomes:
             self.counts["ok"] += 1
 
     def error(self, exc: BaseException) -> str:
-        kind = sqlstate(exc) or type(exc).__name__
+        kind = sqlstate(exc) or _sqlstate_from_text(str(exc)) or type(exc).__name__
         with self._lock:
             self.counts[kind] += 1
             self.messages.setdefault(kind, str(exc).strip().splitlines()[0][:300] if str(exc)
@@ -254,5 +290,5 @@ def sluice_settings(**settings: Any) -> dict:
     return settings if IS_SLUICE else {}
 
 
-__all__ = ["SlowLoginProxy", "Admin", "scrape_metrics", "metric", "cluster_pids", "stop_cluster",
+__all__ = ["dedicated_pg", "SlowLoginProxy", "Admin", "scrape_metrics", "metric", "cluster_pids", "stop_cluster",
            "continue_cluster", "Outcomes", "sluice_settings", "wait_until"]

@@ -1,0 +1,97 @@
+"""Scenario 3: serverless multiplication (seed 002; seed 004's "remaining connection slots are
+reserved").
+
+The incident: every serverless instance opened its own pool, so a burst of requests became a
+burst of new PostgreSQL connections; PostgreSQL ran out of slots and requests failed with
+"too many clients" / "remaining connection slots are reserved".
+
+Replayed against a PostgreSQL of its own with max_connections 20 (superuser_reserved_connections
+3, the default; the harness's and the sampler's superuser connections take 2 more, leaving 15
+for applications). STORM_THREADS threads each loop over connect, SELECT 1, close for STORM_S
+seconds: the issue's 2,000 connections per second is more than Python clients on this 2-core
+machine can open (a few hundred per second through the pooler), so the rate is what the machine
+sustains and is printed; STORM_THREADS connections at once is already more than the 15 slots.
+Control: the same storm straight at PostgreSQL for CONTROL_S seconds gets 53300 errors.
+Through the pooler (pool_size = max_db_connections = 10), asserted:
+- PostgreSQL's backends for the database never exceed 10 (BackendSampler, every 10 ms);
+- no client sees an error at all (in particular no 53300 "too many clients" or "remaining
+  connection slots are reserved"); every connection is served.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+
+from harness import BackendSampler, run_threads
+from scenario_lib import Outcomes, dedicated_pg
+
+pg = dedicated_pg({"max_connections": 20})
+
+POOL_SIZE = 10
+STORM_THREADS = 24
+STORM_S = 6.0
+CONTROL_S = 2.0
+
+
+def storm(connect, seconds: float, threads: int) -> tuple[Outcomes, float]:
+    """threads loops of connect + SELECT 1 + close for `seconds`; returns outcomes and the
+    time it took."""
+    outcomes = Outcomes()
+    stop = threading.Event()
+    barrier = threading.Barrier(threads + 1)
+
+    def loop(i: int) -> None:
+        barrier.wait(30)
+        while not stop.is_set():
+            try:
+                with connect() as c:
+                    c.execute("SELECT 1").fetchone()
+                outcomes.ok()
+            except psycopg.Error as e:
+                outcomes.error(e)
+
+    runner = threading.Thread(target=lambda: run_threads(loop, threads, timeout=seconds + 60),
+                              daemon=True)
+    runner.start()
+    barrier.wait(30)
+    started = time.monotonic()
+    time.sleep(seconds)
+    stop.set()
+    runner.join(seconds + 60)
+    return outcomes, time.monotonic() - started
+
+
+def test_serverless_multiplication(poolers, pg, report):
+    # Control: the storm straight at PostgreSQL runs it out of slots.
+    def direct():
+        return psycopg.connect(host="127.0.0.1", port=pg.port, user="sluice_md5",
+                               password="md5pass", dbname="appdb", connect_timeout=10,
+                               sslmode="disable", autocommit=True)
+    control, control_s = storm(direct, CONTROL_S, STORM_THREADS)
+    pg.wait_backends(lambda n: n == 0)
+
+    p = poolers(settings={"default_pool_size": POOL_SIZE, "max_db_connections": POOL_SIZE,
+                          "max_client_conn": 500})
+    with BackendSampler(pg) as sampler:
+        through, took = storm(lambda: p.connect(application_name="lambda"), STORM_S,
+                              STORM_THREADS)
+    too_many = {k: v for k, v in through.counts.items() if k == "53300"}
+
+    report(f"max_connections 20, {STORM_THREADS} threads of connect + SELECT 1 + close\n"
+           f"direct to PostgreSQL ({control_s:.1f} s): {control.summary()} "
+           f"({control.total / control_s:.0f} connections/s)"
+           + (f"; 53300: {control.messages['53300']}" if "53300" in control.messages else "")
+           + f"\nthrough the pooler, pool_size {POOL_SIZE} ({took:.1f} s): {through.summary()} "
+           f"({through.total / took:.0f} connections/s); peak {sampler.max} backends in "
+           f"{len(sampler.samples)} samples"
+           + (f"\nfailures: {through.detail()}" if through.failures() else ""))
+
+    assert control.counts.get("53300", 0) > 0, \
+        f"the control storm did not exhaust PostgreSQL: {control.summary()}"
+    assert sampler.max <= POOL_SIZE, f"{sampler.max} backends for a budget of {POOL_SIZE}"
+    assert not too_many, f"clients saw 53300: {through.detail()}"
+    assert through.counts["ok"] == through.total > 0, \
+        f"not every connection was served: {through.summary()}\n{through.detail()}"
