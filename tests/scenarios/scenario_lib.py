@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+import re
 import signal
 import struct
 import threading
@@ -238,7 +239,14 @@ _KNOWN_TEXTS = {
     "remaining connection slots are reserved": "53300",
     "the database system is starting up": "57P03",
     "the database system is shutting down": "57P03",
+    "sluice: no server connection within query_wait_timeout": "57014",
+    "query_wait_timeout": "08P01",  # PgBouncer's "ERROR: query_wait_timeout"
 }
+
+
+def is_sqlstate(kind: str) -> bool:
+    """True for an Outcomes kind that is a SQLSTATE (a clear error), not an exception's name."""
+    return re.fullmatch(r"[0-9A-Z]{5}", kind) is not None
 
 
 def _sqlstate_from_text(text: str) -> str | None:
@@ -291,4 +299,4 @@ def sluice_settings(**settings: Any) -> dict:
 
 
 __all__ = ["dedicated_pg", "SlowLoginProxy", "Admin", "scrape_metrics", "metric", "cluster_pids", "stop_cluster",
-           "continue_cluster", "Outcomes", "sluice_settings", "wait_until"]
+           "continue_cluster", "Outcomes", "is_sqlstate", "sluice_settings", "wait_until"]
