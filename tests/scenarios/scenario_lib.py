@@ -19,7 +19,7 @@ import pytest
 from psycopg.rows import dict_row
 
 import harness
-from harness import ADMIN_PASSWORD, ADMIN_USER, IS_SLUICE, Pooler, Postgres, sqlstate, wait_until
+from harness import ADMIN_PASSWORD, ADMIN_USER, IS_SLUICE, Pooler, Postgres, sqlstate
 
 _SSL_REQUEST = struct.pack("!ii", 8, 80877103)
 
@@ -297,6 +297,3 @@ def sluice_settings(**settings: Any) -> dict:
     """settings only sluice knows (PgBouncer 1.18 refuses to start on an unknown key)."""
     return settings if IS_SLUICE else {}
 
-
-__all__ = ["dedicated_pg", "SlowLoginProxy", "Admin", "scrape_metrics", "metric", "cluster_pids", "stop_cluster",
-           "continue_cluster", "Outcomes", "is_sqlstate", "sluice_settings", "wait_until"]

@@ -30,7 +30,7 @@ import psycopg
 import pytest
 
 import pgwire
-from harness import IS_SLUICE, run_threads, wait_until
+from harness import IS_SLUICE, run_threads
 from scenario_lib import Admin, Outcomes, is_sqlstate
 
 pytestmark = pytest.mark.sluice_only(
@@ -52,7 +52,7 @@ def wait_notification(w: pgwire.PgWire, deadline: float) -> str | None:
             w.sock.settimeout(left)
             kind, body = w.read_message()
             if kind == b"A":
-                _pid, rest = body[:4], body[4:]
+                rest = body[4:]  # after the notifying backend's pid
                 _channel, payload, _ = rest.split(b"\0", 2)
                 return payload.decode()
     except (socket.timeout, pgwire.ConnectionClosed, OSError):

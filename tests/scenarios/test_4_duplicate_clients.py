@@ -23,7 +23,7 @@ import time
 
 import psycopg
 
-from harness import BackendSampler, IS_SLUICE, free_port, wait_until
+from harness import BackendSampler, IS_SLUICE, free_port
 from scenario_lib import Admin, Outcomes, metric, scrape_metrics, sluice_settings
 
 POOL_SIZE = 5
