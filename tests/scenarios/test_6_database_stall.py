@@ -37,8 +37,8 @@ import psycopg
 
 import pgwire
 from harness import IS_SLUICE, free_port, run_threads, wait_until
-from scenario_lib import (Outcomes, continue_cluster, dedicated_pg, metric, scrape_metrics,
-                          stop_cluster)
+from scenario_lib import (Admin, Outcomes, continue_cluster, dedicated_pg, metric,
+                          scrape_metrics, stop_cluster)
 
 pg = dedicated_pg({})
 
@@ -202,3 +202,33 @@ def test_database_stall(poolers, pg, report):
     assert servers_closed == 0, (
         f"{servers_closed} server connections were closed after SIGCONT (PostgreSQL's "
         f"disconnection lines): recovery throws servers away and logs in again")
+
+
+def test_a_waiting_client_that_gives_up_costs_no_server(poolers, pg, report):
+    """Found by test_database_stall against sluice-base: clients that gave up during the stall
+    (closed their socket while queued) stayed queued; after SIGCONT each was handed a server,
+    its stale query was sent, and the server was then closed ("client disconnected with a
+    transaction or query in progress"), one lost server and one new login per such client.
+    Distilled: pool of 1 held by a transaction; a second client queues a SELECT 1 and closes
+    its socket; when the holder commits, the server must survive (same backend pid after)."""
+    p = poolers(settings={"default_pool_size": 1})
+    with p.connect() as holder:
+        holder.execute("BEGIN")
+        pid_before = holder.execute("SELECT pg_backend_pid()").fetchone()[0]
+        w = p.wire(application_name="gives-up")
+        w.send(b"Q", b"SELECT 1\0")
+        with Admin(p) as admin:
+            wait_until(lambda: int(admin.pool().get("cl_waiting", 0)) == 1, 10,
+                       what="the second client to queue")
+            w.sock.close()  # its deadline passed: the application gives up
+            time.sleep(0.5)
+            waiting_after = int(admin.pool().get("cl_waiting", 0))
+        holder.execute("COMMIT")
+        pid_after = holder.execute("SELECT pg_backend_pid()").fetchone()[0]
+    closed = [line for line in p.log().splitlines()
+              if "client disconnected with a transaction or query in progress" in line]
+    report(f"cl_waiting 0.5 s after the queued client closed: {waiting_after}; server backend "
+           f"pid {pid_before} -> {pid_after}"
+           + (f"; closed: {closed[0].split('] ', 1)[-1]}" if closed else ""))
+    assert pid_after == pid_before, \
+        "the server was closed because a client that had given up while queued got it"
