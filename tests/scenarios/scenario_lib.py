@@ -11,6 +11,7 @@ import re
 import signal
 import struct
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,8 @@ class SlowLoginProxy:
         self.logins = 0
         self.peak_logins = 0
         self.completed_logins = 0
+        # One record per connection: accepted / login_over (time.monotonic()), ok, peer port.
+        self.records: list[dict] = []
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.base_events.Server | None = None
@@ -92,13 +95,36 @@ class SlowLoginProxy:
         with self._lock:
             if state["in_login"]:
                 state["in_login"] = False
+                state["login_over"] = time.monotonic()
                 self.logins -= 1
                 if state["ok"]:
                     self.completed_logins += 1
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        state = {"in_login": True, "ok": False, "ssl_reply": False}
+    def peak_overlap(self) -> str:
+        """The logins in flight at the moment the most were, for a failure message: when each
+        was accepted and when its login ended, in ms from the first accept."""
         with self._lock:
+            recs = [dict(r) for r in self.records]
+        if not recs:
+            return ""
+        t0 = min(r["accepted"] for r in recs)
+        best: list[dict] = []
+        for r in recs:
+            at = r["accepted"]
+            live = [o for o in recs if o["accepted"] <= at < o.get("login_over", float("inf"))]
+            if len(live) > len(best):
+                best = live
+        return "; ".join(
+            f"peer port {o['peer']}: accepted {1000 * (o['accepted'] - t0):.1f} ms, login over "
+            + (f"{1000 * (o['login_over'] - t0):.1f} ms ({'ok' if o['ok'] else 'failed'})"
+               if "login_over" in o else "never")
+            for o in best)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        state = {"in_login": True, "ok": False, "ssl_reply": False,
+                 "accepted": time.monotonic(), "peer": writer.get_extra_info("peername")[1]}
+        with self._lock:
+            self.records.append(state)
             self.connections += 1
             self.logins += 1
             self.peak_logins = max(self.peak_logins, self.logins)
