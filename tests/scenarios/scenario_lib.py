@@ -319,6 +319,23 @@ class Outcomes:
         return "\n".join(f"{k}: {m}" for k, m in sorted(self.messages.items()))
 
 
+class Expect:
+    """A scenario's requirements, checked together: expect(ok, message) records a failed one
+    and verify() fails the test naming every one that failed, so that one run against a pooler
+    tells all it lacks, not only the first."""
+
+    def __init__(self):
+        self.failed: list[str] = []
+
+    def __call__(self, ok: Any, message: str) -> None:
+        if not ok:
+            self.failed.append(message)
+
+    def verify(self) -> None:
+        assert not self.failed, (f"{len(self.failed)} requirement(s) not met:\n- "
+                                 + "\n- ".join(m.replace("\n", "\n  ") for m in self.failed))
+
+
 def sluice_settings(**settings: Any) -> dict:
     """settings only sluice knows (PgBouncer 1.18 refuses to start on an unknown key)."""
     return settings if IS_SLUICE else {}

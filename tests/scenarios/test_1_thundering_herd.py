@@ -23,7 +23,7 @@ import time
 import psycopg
 
 from harness import run_threads, wait_until
-from scenario_lib import Admin, Outcomes, SlowLoginProxy
+from scenario_lib import Admin, Expect, Outcomes, SlowLoginProxy
 
 CLIENTS = 200
 POOL_SIZE = 20
@@ -137,15 +137,17 @@ def test_thundering_herd(poolers, pg, report):
 
         p.stop()  # before the proxy goes: its servers must not die under it
 
-    assert outcomes.counts["ok"] == CLIENTS, \
-        f"not every client was served: {outcomes.summary()}\n{outcomes.detail()}"
-    assert proxy.peak_logins <= PARALLELISM, \
-        (f"{proxy.peak_logins} server logins in flight at once (limit {PARALLELISM}): "
-         f"{proxy.peak_overlap()}")
-    assert acct.max_login <= PARALLELISM, f"SHOW POOLS sv_login reached {acct.max_login}"
-    assert proxy.connections <= POOL_SIZE, \
-        f"{proxy.connections} server connections opened for a pool of {POOL_SIZE}"
-    assert not acct.bad, "SHOW SERVERS and pg_stat_activity disagree:\n" + \
-        "\n".join(acct.bad[:5])
-    assert acct.samples >= 5, f"only {acct.samples} samples taken"
-    assert server_count == backends <= POOL_SIZE
+    expect = Expect()
+    expect(outcomes.counts["ok"] == CLIENTS,
+           f"not every client was served: {outcomes.summary()}\n{outcomes.detail()}")
+    expect(proxy.peak_logins <= PARALLELISM,
+           f"{proxy.peak_logins} server logins in flight at once (limit {PARALLELISM}): "
+           f"{proxy.peak_overlap()}")
+    expect(acct.max_login <= PARALLELISM, f"SHOW POOLS sv_login reached {acct.max_login}")
+    expect(proxy.connections <= POOL_SIZE,
+           f"{proxy.connections} server connections opened for a pool of {POOL_SIZE}")
+    expect(not acct.bad, "SHOW SERVERS and pg_stat_activity disagree:\n" + "\n".join(acct.bad[:5]))
+    expect(acct.samples >= 5, f"only {acct.samples} samples taken")
+    expect(server_count == backends <= POOL_SIZE,
+           f"after the herd: {server_count} servers in SHOW POOLS, {backends} backends")
+    expect.verify()

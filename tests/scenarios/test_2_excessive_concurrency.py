@@ -31,7 +31,7 @@ import psycopg
 import pytest
 
 from harness import IS_SLUICE, free_port, run_threads, wait_until
-from scenario_lib import Admin, Outcomes, metric, scrape_metrics, sluice_settings
+from scenario_lib import Admin, Expect, Outcomes, metric, scrape_metrics, sluice_settings
 
 pytestmark = pytest.mark.sluice_only(
     reason="PgBouncer 1.18 serves waiting clients first come, first served (the api requests "
@@ -149,21 +149,23 @@ def test_excessive_concurrency(poolers, report):
            f"{POOL_SIZE}, {API_WORKERS} api clients with a {API_DEADLINE_S:g} s deadline, "
            f"{took:.1f} s\n"
            f"api: {api.summary()}\n"
-           f"holders: {holders.summary()}; peak {peak['waiting']} waiting (SHOW POOLS)\n"
-           + (f"named: peak {peak['holders']} rows 'holders' in SHOW HOLDERS "
+           f"holders: {holders.summary()}; peak {peak['waiting']} waiting (SHOW POOLS)"
+           + (f"\nnamed: peak {peak['holders']} rows 'holders' in SHOW HOLDERS "
               f"({peak['idle_in_tx']} idle in transaction), peak "
               f"sluice_app_servers_held{{holders}} {peak['app_held']:g}; leak warnings name "
               f"{len(warned)} holders, {api_warned} other clients" if IS_SLUICE else "")
            + (f"\napi failures: {api.detail()}" if api.failures() else "")
            + (f"\nholder failures: {holders.detail()}" if holders.failures() else ""))
 
-    assert api.total >= 10, f"only {api.total} api requests were made: {api.summary()}"
-    assert api.counts["ok"] == api.total, \
-        f"api requests not served within {API_DEADLINE_S} s: {api.summary()}\n{api.detail()}"
-    assert holders.counts["ok"] == HOLDERS, f"holders: {holders.summary()}\n{holders.detail()}"
+    expect = Expect()
+    expect(api.total >= 10, f"only {api.total} api requests were made: {api.summary()}")
+    expect(api.counts["ok"] == api.total,
+           f"api requests not served within {API_DEADLINE_S} s: {api.summary()}\n{api.detail()}")
+    expect(holders.counts["ok"] == HOLDERS, f"holders: {holders.summary()}\n{holders.detail()}")
     if IS_SLUICE:
-        assert peak["idle_in_tx"] >= POOL_SIZE - API_WORKERS, \
-            f"SHOW HOLDERS named at most {peak['idle_in_tx']} holders idle in transaction"
-        assert len(warned) == holders.counts["ok"], \
-            f"the leak warning named {len(warned)} of {holders.counts['ok']} holders"
-        assert api_warned == 0, "the leak warning named a client other than the holders"
+        expect(peak["idle_in_tx"] >= POOL_SIZE - API_WORKERS,
+               f"SHOW HOLDERS named at most {peak['idle_in_tx']} holders idle in transaction")
+        expect(len(warned) == holders.counts["ok"],
+               f"the leak warning named {len(warned)} of {holders.counts['ok']} holders")
+        expect(api_warned == 0, "the leak warning named a client other than the holders")
+    expect.verify()

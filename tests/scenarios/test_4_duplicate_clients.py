@@ -24,7 +24,7 @@ import time
 import psycopg
 
 from harness import BackendSampler, IS_SLUICE, free_port
-from scenario_lib import Admin, Outcomes, metric, scrape_metrics, sluice_settings
+from scenario_lib import Admin, Expect, Outcomes, metric, scrape_metrics, sluice_settings
 
 POOL_SIZE = 5
 PER_POOL = 8
@@ -127,14 +127,24 @@ def test_duplicate_clients(poolers, pg, report):
         lines.append(line)
     report("\n".join(lines) + (f"\nfailures: {outcomes.detail()}" if outcomes.failures() else ""))
 
-    assert outcomes.counts["ok"] == outcomes.total > 0, outcomes.detail()
-    assert sampler.max <= POOL_SIZE, f"{sampler.max} backends for a pool of {POOL_SIZE}"
-    assert max_servers <= POOL_SIZE
+    expect = Expect()
     one, two = phases
-    assert (one["show_clients"], two["show_clients"]) == (PER_POOL, 2 * PER_POOL)
-    assert one["web_clients"] == two["web_clients"] == 2
+    expect(outcomes.counts["ok"] == outcomes.total > 0,
+           f"transactions failed: {outcomes.summary()}\n{outcomes.detail()}")
+    expect(sampler.max <= POOL_SIZE, f"{sampler.max} backends for a pool of {POOL_SIZE}")
+    expect(max_servers <= POOL_SIZE, f"{max_servers} servers in SHOW POOLS")
+    expect((one["show_clients"], two["show_clients"]) == (PER_POOL, 2 * PER_POOL),
+           f"SHOW CLIENTS: {one['show_clients']} then {two['show_clients']} {APP} clients")
+    expect(one["web_clients"] == two["web_clients"] == 2,
+           f"SHOW CLIENTS: {one['web_clients']} then {two['web_clients']} web clients")
     if IS_SLUICE:
-        assert (one["metric"], two["metric"]) == (PER_POOL, 2 * PER_POOL), \
-            "sluice_app_client_connections does not show the doubling"
-        assert one["web_metric"] == two["web_metric"] == 2
-        assert two["hold_s"] > one["hold_s"] > 0
+        expect((one["metric"], two["metric"]) == (PER_POOL, 2 * PER_POOL),
+               f"sluice_app_client_connections{{{APP}}} {one['metric']:g} then "
+               f"{two['metric']:g}: it does not show the doubling")
+        expect(one["web_metric"] == two["web_metric"] == 2,
+               f"sluice_app_client_connections{{web}} {one['web_metric']:g} then "
+               f"{two['web_metric']:g}")
+        expect(two["hold_s"] > one["hold_s"] > 0,
+               f"sluice_app_server_hold_seconds_total{{{APP}}} {one['hold_s']:g} then "
+               f"{two['hold_s']:g}")
+    expect.verify()

@@ -31,7 +31,7 @@ import pytest
 
 import pgwire
 from harness import IS_SLUICE, run_threads
-from scenario_lib import Admin, Outcomes, is_sqlstate
+from scenario_lib import Admin, Expect, Outcomes, is_sqlstate
 
 pytestmark = pytest.mark.sluice_only(
     reason="PgBouncer 1.18 in transaction mode gives the server back after LISTEN: the "
@@ -149,10 +149,12 @@ def test_listen_does_not_starve_transactional_work(poolers, pg, report):
            + (f"\nlisten errors: {listen.detail()}" if listen.failures() else "")
            + (f"\nworker errors: {workers.detail()}" if workers.failures() else ""))
 
-    assert workers.counts["ok"] == WORKERS * TX_PER_WORKER, \
-        (f"transactional work starved by LISTEN sessions: {workers.summary()}\n"
-         f"{workers.detail()}")
+    expect = Expect()
+    expect(workers.counts["ok"] == WORKERS * TX_PER_WORKER,
+           f"transactional work starved by LISTEN sessions: {workers.summary()}\n"
+           f"{workers.detail()}")
     unclear = {k: v for k, v in listen.failures().items() if not is_sqlstate(k)}
-    assert not unclear, f"listeners failed without a SQLSTATE: {listen.detail()}"
-    assert delivered == len(listening), \
-        f"{len(listening) - delivered} listeners whose LISTEN succeeded got no notification"
+    expect(not unclear, f"listeners failed without a SQLSTATE: {listen.detail()}")
+    expect(delivered == len(listening),
+           f"{len(listening) - delivered} listeners whose LISTEN succeeded got no notification")
+    expect.verify()

@@ -37,7 +37,7 @@ import psycopg
 
 import pgwire
 from harness import IS_SLUICE, free_port, run_threads, wait_until
-from scenario_lib import (Admin, Outcomes, continue_cluster, dedicated_pg, metric,
+from scenario_lib import (Admin, Expect, Outcomes, continue_cluster, dedicated_pg, metric,
                           scrape_metrics, stop_cluster)
 
 pg = dedicated_pg({})
@@ -192,16 +192,18 @@ def test_database_stall(poolers, pg, report):
            + (f"\nwaiting errors: {waiting.detail()}" if waiting.failures() else "")
            + (f"\nrecovery errors: {recovery.detail()}" if recovery.failures() else ""))
 
-    assert running.counts["ok"] == RUNNING, f"running: {running.summary()}\n{running.detail()}"
+    expect = Expect()
+    expect(running.counts["ok"] == RUNNING, f"running: {running.summary()}\n{running.detail()}")
     unanswered = {k: v for k, v in waiting.failures().items() if not retryable(k)}
-    assert not unanswered, (
-        f"waiting clients neither served nor told with a retryable error within their "
-        f"{WAIT_DEADLINE_S:g} s deadline: {waiting.summary()}\n{waiting.detail()}")
-    assert recovered, f"not recovered {RECOVERY_S:g} s after SIGCONT: {recovery.detail()}"
-    assert pg_attempts <= bound, f"{pg_attempts} connection attempts (bound {bound}): thrashing"
-    assert servers_closed == 0, (
-        f"{servers_closed} server connections were closed after SIGCONT (PostgreSQL's "
-        f"disconnection lines): recovery throws servers away and logs in again")
+    expect(not unanswered,
+           f"waiting clients neither served nor told with a retryable error within their "
+           f"{WAIT_DEADLINE_S:g} s deadline: {waiting.summary()}\n{waiting.detail()}")
+    expect(recovered, f"not recovered {RECOVERY_S:g} s after SIGCONT: {recovery.detail()}")
+    expect(pg_attempts <= bound, f"{pg_attempts} connection attempts (bound {bound}): thrashing")
+    expect(servers_closed == 0,
+           f"{servers_closed} server connections were closed after SIGCONT (PostgreSQL's "
+           f"disconnection lines): recovery throws servers away and logs in again")
+    expect.verify()
 
 
 def test_a_waiting_client_that_gives_up_costs_no_server(poolers, pg, report):
