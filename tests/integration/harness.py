@@ -105,10 +105,15 @@ def sqlstate(exc: BaseException) -> str | None:
 
 
 class Postgres:
-    """A PostgreSQL cluster in a temp dir: TCP on 127.0.0.1 for the pooler, a unix socket for us."""
+    """A PostgreSQL cluster in a temp dir: TCP on 127.0.0.1 for the pooler, a unix socket for us.
 
-    def __init__(self, base: Path):
+    conf: extra postgresql.conf settings (name -> value, written as `name = value` after the
+    defaults, so they win), e.g. {"max_connections": 12} for a scenario that needs few slots.
+    """
+
+    def __init__(self, base: Path, conf: dict | None = None):
         self.base = base
+        self.conf = dict(conf or {})
         self.data = base / "data"
         self.sockdir = base
         self.port = free_port()
@@ -136,6 +141,7 @@ log_line_prefix = '%m [%p] %u@%d '
 log_connections = on
 log_disconnections = on
 """)
+            f.writelines(f"{k} = {v}\n" for k, v in self.conf.items())
         # First match wins: the superuser is trusted for our own checks, every test role is
         # checked the way its name says.
         (self.data / "pg_hba.conf").write_text("""
