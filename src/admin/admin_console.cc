@@ -727,6 +727,7 @@ const std::vector<ConfigKey>& configKeys() {
         key("monitor_warn_utilization", &S::monitor_warn_utilization),
         key("hold_warn_threshold", &S::hold_warn_threshold),
         key("max_waiting_clients", &S::max_waiting_clients),
+        key("max_pinned_servers", &S::max_pinned_servers),
         key("server_connect_parallelism", &S::server_connect_parallelism),
         key("session_state", &S::session_state),
         key("codel_target", &S::codel_target),

@@ -331,6 +331,7 @@ const SettingSpec kSettingSpecs[] = {
     {"monitor_warn_utilization", IntSetting{&Settings::monitor_warn_utilization, 0, 100}},
     {"hold_warn_threshold", &Settings::hold_warn_threshold},
     {"max_waiting_clients", IntSetting{&Settings::max_waiting_clients, 0, kIntMax}},
+    {"max_pinned_servers", IntSetting{&Settings::max_pinned_servers, -1, kIntMax}},
     {"server_connect_parallelism", IntSetting{&Settings::server_connect_parallelism, 1, kIntMax}},
     {"session_state", &Settings::session_state},
     {"codel_target", &Settings::codel_target},

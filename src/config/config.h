@@ -130,7 +130,10 @@ struct Settings {
   Duration monitor_interval{30 * 1000};
   int monitor_warn_utilization = 80;  // percent
   Duration hold_warn_threshold{0};
-  int max_waiting_clients = 0;         // per pool; 0 = unlimited (bounded by max_client_conn)
+  int max_waiting_clients = 0;  // per pool; 0 = unlimited (bounded by max_client_conn)
+  // Per pool, in transaction and statement mode: clients pinned by session state may hold at
+  // most this many servers; beyond it such a query is refused (53300). -1 = half of pool_size.
+  int max_pinned_servers = -1;
   int server_connect_parallelism = 4;  // server logins in flight per database
   // CoDel on each pool's wait queue (overload/codel.h): a queue in which every client served for
   // codel_interval waited longer than codel_target is standing; then the newest are served

@@ -72,6 +72,8 @@ class EventLoop {
   void wantWrite(Slot* slot);
   // The last read or write found nothing (EAGAIN) or was short: wait for the next edge.
   static void drained(Slot* slot) { slot->readable = false; }
+  // Bytes may be waiting though no edge will say so (a reader left them): try the next read.
+  static void mayBeReadable(Slot* slot) { slot->readable = true; }
   static void full(Slot* slot) { slot->writable = false; }
   using TimerId = uint64_t;
   TimerId runAfter(std::chrono::milliseconds delay, std::function<void()> fn);

@@ -121,15 +121,34 @@ void Pool::keepMinimumLocked() {
 }
 
 void Pool::backOffLocked() {
-  // Exponential from 200 ms up to server_login_retry, then "equal jitter": half of it fixed,
-  // half random, so that pools (and sluice instances) that failed together retry apart.
-  long long cap = std::max<long long>(settings_.server_login_retry.count(), 1);
+  // Exponential from 200 ms up to server_login_retry or kMaxLoginBackoff, whichever is less
+  // (clients are waiting, or the pool is down and its clients fail until a login succeeds),
+  // then "equal jitter": half of it fixed, half random, so that pools (and sluice instances)
+  // that failed together retry apart.
+  last_backoff_at_ = now();
+  long long cap =
+      std::clamp<long long>(settings_.server_login_retry.count(), 1, kMaxLoginBackoff.count());
   long long backoff = std::min<long long>(cap, 100LL << std::min(login_failures_, 10));
   rng_ ^= rng_ << 13;
   rng_ ^= rng_ >> 7;
   rng_ ^= rng_ << 17;
   long long half = backoff / 2;
   retry_at_ = now() + Millis(half + (half > 0 ? (long long)(rng_ % uint64_t(half + 1)) : 0));
+}
+
+int Pool::maxPinnedServers() const {
+  std::lock_guard lock(mu_);
+  if (settings_.max_pinned_servers >= 0) return settings_.max_pinned_servers;
+  return std::max(1, settings_.pool_size / 2);
+}
+
+bool Pool::tryPin() {
+  int cap = maxPinnedServers();
+  int cur = pinned_.load(std::memory_order_relaxed);
+  while (cur < cap) {
+    if (pinned_.compare_exchange_weak(cur, cur + 1, std::memory_order_relaxed)) return true;
+  }
+  return false;
 }
 
 void Pool::setHolders(std::string holders) {
@@ -389,7 +408,7 @@ void Pool::onLoginDone(const std::shared_ptr<ServerConn>& server, Status st,
       if (total_ - login_ >= settings_.min_pool_size) warmed_ = true;
     } else {
       shard(server->loop()->index()).server_login_failures.add();
-      ++login_failures_;
+      if (server->createdAt() >= last_backoff_at_) ++login_failures_;
       last_login_error_ = st.message();
       last_login_sqlstate_ = sqlstate;
       last_login_error_at_ = now();
@@ -406,7 +425,8 @@ void Pool::onLoginDone(const std::shared_ptr<ServerConn>& server, Status st,
         err.message = fmt::format("sluice: could not log in to the server for pool {}: {}", name(),
                                   st.message());
       } else {
-        backOffLocked();
+        // Logins launched together fail together: one backoff step per round, not per login.
+        if (server->createdAt() >= last_backoff_at_) backOffLocked();
         // PostgreSQL is full (53300: too many clients, or the rest is reserved): it is up, and
         // servers come back as their clients finish, so the clients keep waiting. Anything
         // else, several times in a row, means the database cannot be reached: say so now

@@ -64,6 +64,7 @@ struct PoolSettings {
   int max_user_connections = 0;
   int server_connect_parallelism = 4;  // per database (the PoolRegistry counts)
   int max_waiting_clients = 0;         // 0 = unlimited
+  int max_pinned_servers = -1;         // -1: half of pool_size (at least 1)
   Millis codel_target{0};              // 0 = CoDel off
   Millis codel_interval{1000};
   Millis codel_deadline{1000};
@@ -162,6 +163,10 @@ class Pool : public std::enable_shared_from_this<Pool> {
   // Logins that fail in a row for a reason other than a full server (refused, timed out,
   // PostgreSQL starting or shutting down) before the pool counts its database as down.
   static constexpr int kDownAfterFailures = 3;
+  // The longest pause between login attempts after failures (server_login_retry if shorter):
+  // one login at a time every 2 s is gentle on a struggling server, and a database that comes
+  // back is found within 2 s.
+  static constexpr Millis kMaxLoginBackoff{2000};
   LoginHealth loginHealth() const;
   // ParameterStatus set PostgreSQL sent at the first login, replayed to clients at their login.
   std::vector<std::pair<std::string, std::string>> welcome() const;
@@ -171,6 +176,15 @@ class Pool : public std::enable_shared_from_this<Pool> {
   protocol::TrackedSet internTracked(const protocol::TrackedSet& set);
   bool hasWelcome() const;
   void learnScramClientKey(const std::array<uint8_t, 32>& key);
+  // Clients pinned to a server by session state (transaction and statement mode) may hold at
+  // most maxPinnedServers() of the pool's servers, so that LISTEN sessions and the like cannot
+  // starve its transactions. tryPin() takes a place if one is free; forcePin() takes one
+  // regardless (the state already reached the server); unpin() when the client leaves.
+  bool tryPin();
+  void forcePin() { pinned_.fetch_add(1, std::memory_order_relaxed); }
+  void unpin() { pinned_.fetch_sub(1, std::memory_order_relaxed); }
+  int pinnedServers() const { return pinned_.load(std::memory_order_relaxed); }
+  int maxPinnedServers() const;
   void clientJoined() { clients_.fetch_add(1, std::memory_order_relaxed); }
   void clientLeft() { clients_.fetch_sub(1, std::memory_order_relaxed); }
   // Closes every idle server and marks active ones to close on release (RECONNECT, reload).
@@ -262,7 +276,8 @@ class Pool : public std::enable_shared_from_this<Pool> {
   bool down_ = false;
   std::chrono::system_clock::time_point down_since_{};  // the first failure of the streak
   TimePoint retry_at_{};                                // no new connect before this after failures
-  bool warmed_ = false;                                 // min_pool_size was reached once
+  TimePoint last_backoff_at_{};  // logins launched before it belong to the round that failed
+  bool warmed_ = false;          // min_pool_size was reached once
   overload::Codel codel_{Millis(0), Millis(1000)};
   std::string holders_;                   // see setHolders()
   uint64_t rng_ = 0x9e3779b97f4a7c15ULL;  // the backoff's jitter (xorshift)
@@ -270,6 +285,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
   bool budget_blocked_ = false;  // waiters could not get a connect because a shared budget is full
   size_t next_loop_ = 0;         // round robin for pre-warming
   std::atomic<int> clients_{0};
+  std::atomic<int> pinned_{0};
 };
 
 }  // namespace sluice::pool

@@ -71,6 +71,7 @@ PoolSettings PoolRegistry::resolve(const config::Config& cfg, const config::User
   p.server_round_robin = s.server_round_robin;
   p.server_connect_parallelism = s.server_connect_parallelism;
   p.max_waiting_clients = s.max_waiting_clients;
+  p.max_pinned_servers = s.max_pinned_servers;
   p.codel_target = s.codel_target;
   p.codel_interval = s.codel_interval;
   p.codel_deadline = s.codel_deadline;

@@ -1,6 +1,7 @@
 #include "session/client_session.h"
 
 #include <fmt/format.h>
+#include <poll.h>
 #include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -87,9 +88,41 @@ void ClientSession::startRead() {
   loop_->wantRead(slot_);
 }
 
+void ClientSession::waitFor(uint64_t wait_id) {
+  wait_id_ = wait_id;
+  if (wait_id == 0 || watching_hangup_ || read_in_flight_) return;
+  // Queued, the client's next bytes stay in the kernel; but a client that gives up and closes
+  // must leave the queue now, not get a server later for a query nobody waits for.
+  watching_hangup_ = true;
+  read_in_flight_ = true;
+  loop_->wantRead(slot_);
+}
+
+void ClientSession::stopHangupWatch() {
+  if (!watching_hangup_) return;
+  watching_hangup_ = false;
+  read_in_flight_ = false;
+  net::EventLoop::mayBeReadable(slot_);  // the watch left unread bytes in the kernel
+}
+
 void ClientSession::onReadable() {
   read_in_flight_ = false;
   if (state_ == State::kClosed || close_after_write_) return;
+  if (watching_hangup_) {
+    if (state_ == State::kWaiting || state_ == State::kWelcome) {
+      pollfd pfd{fd_, POLLRDHUP, 0};
+      if (::poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0) {
+        closeQuietly(CloseReason::kClientEof, "gave up while waiting for a server");
+        return;
+      }
+      // Bytes, not a hang-up: leave them for after the wait and sleep until the next edge.
+      net::EventLoop::drained(slot_);
+      read_in_flight_ = true;
+      loop_->wantRead(slot_);
+      return;
+    }
+    stopHangupWatch();
+  }
   char* p;
   if (in_.capacity() == 0) {
     in_.adopt(loopState().buffers.take(), net::BufferPool::kSize);
@@ -262,7 +295,10 @@ void ClientSession::closeQuietly(CloseReason reason, const std::string& detail) 
     dropServer(std::string("client disconnected while pinned: ") +
                protocol::sessionStateWhat(pinned_) + " may still be held");
   }
-  if (pinned_ != protocol::SessionState::kNone && stats_) stats_->pins_ended.add();
+  if (pinned_ != protocol::SessionState::kNone && stats_) {
+    stats_->pins_ended.add();
+    pool_->unpin();
+  }
   if (server_) {
     if (serverClean() && server_->pendingCancels == 0 && was == State::kActive) {
       if (mode_ == config::PoolMode::kSession) {
@@ -514,7 +550,7 @@ void ClientSession::finishLogin() {
   if (r.server) {
     onServerAssigned(std::move(r.server));
   } else {
-    wait_id_ = r.wait_id;
+    waitFor(r.wait_id);
   }
 }
 
@@ -645,6 +681,26 @@ void ClientSession::processClient() {
             fwd_start = pos;
             continue;
           }
+          if (t == 'Q' && !pool_->tryPin()) {
+            // Pinned clients already hold their share of the pool: one more would take a
+            // server from the transactional clients for its whole session (LISTEN starvation).
+            forward(pos);
+            refuseWith(fmt::format("sluice: {} would pin this client to a server of pool {} for "
+                                   "the rest of its session, and {} clients already are "
+                                   "(max_pinned_servers = {}); the rest of the pool is kept "
+                                   "for transactions. Use a session-mode pool (pool_mode = "
+                                   "session on its own [databases] entry) for such clients, or "
+                                   "raise max_pinned_servers",
+                                   protocol::sessionStateWhat(kind), pool_->name(),
+                                   pool_->pinnedServers(), pool_->maxPinnedServers()),
+                       "too_many_connections");
+            size_t have = std::min(hdr->total(), data.size() - pos);
+            discard_left_ = hdr->total() - have;
+            pos += have;
+            fwd_start = pos;
+            continue;
+          }
+          if (t != 'Q') pool_->forcePin();
           pin(kind);  // a Parse is pinned under refuse too (see docs/architecture.md)
         }
       }
@@ -742,17 +798,23 @@ void ClientSession::pin(protocol::SessionState kind) {
 // order after earlier pipelined queries, and an open transaction is aborted as the refused
 // statement would have aborted it (ReadyForQuery 'E'), exactly as on a direct connection.
 void ClientSession::refuseSessionState(protocol::SessionState kind) {
-  std::string message = fmt::format(
-      "sluice: {} is session state that transaction pooling cannot carry; refused because "
-      "session_state = refuse (pool {} has pool_mode = {}). Set session_state = pin to keep such "
-      "a client on one server connection, or use pool_mode = session for this database",
-      protocol::sessionStateWhat(kind), pool_->name(), config::poolModeName(mode_));
+  refuseWith(
+      fmt::format("sluice: {} is session state that transaction pooling cannot carry; "
+                  "refused because session_state = refuse (pool {} has pool_mode = {}). "
+                  "Set session_state = pin to keep such a client on one server "
+                  "connection, or use pool_mode = session for this database",
+                  protocol::sessionStateWhat(kind), pool_->name(), config::poolModeName(mode_)),
+      "feature_not_supported");
+}
+
+void ClientSession::refuseWith(const std::string& message, const char* errcode) {
+  // PostgreSQL raises it, in the place of the refused Query: the error arrives in protocol
+  // order and aborts a transaction block as any error would.
   std::string query;
   protocol::appendQuery(
       query, "DO " + protocol::quoteLiteral(
-                         "BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', "
-                         "MESSAGE = " +
-                         protocol::quoteLiteral(message) + "; END"));
+                         std::string("BEGIN RAISE EXCEPTION USING ERRCODE = '") + errcode +
+                         "', MESSAGE = " + protocol::quoteLiteral(message) + "; END"));
   if (rewriter_) {
     std::string& to_server = loopState().rw_to_server;
     std::string& to_client = loopState().rw_to_client;
@@ -827,11 +889,12 @@ void ClientSession::acquireServer() {
   if (r.server) {
     attachServer(std::move(r.server), wait_started_);
   } else {
-    wait_id_ = r.wait_id;
+    waitFor(r.wait_id);
   }
 }
 
 void ClientSession::onServerAssigned(std::shared_ptr<pool::ServerConn> server) {
+  stopHangupWatch();
   if (server->state() == ServerState::kClosed) {
     // It died on the way; ask again if still interested.
     if (closing()) return;
@@ -841,7 +904,7 @@ void ClientSession::onServerAssigned(std::shared_ptr<pool::ServerConn> server) {
       if (r.server) {
         onServerAssigned(std::move(r.server));
       } else {
-        wait_id_ = r.wait_id;
+        waitFor(r.wait_id);
       }
     } else if (state_ == State::kWaiting) {
       acquireServer();
@@ -1013,6 +1076,7 @@ void ClientSession::onServerGone(const ErrorInfo& error) {
 }
 
 void ClientSession::onAcquireFailed(const ErrorInfo& error, CloseReason reason) {
+  stopHangupWatch();
   if (closing() || (state_ != State::kWaiting && state_ != State::kWelcome)) return;
   wait_id_ = 0;
   ErrorInfo e = error;

@@ -126,9 +126,17 @@ class ClientSession : public pool::PoolClient,
   void startRewriter();  // virtualize prepared statements from the next message on
   void noteRequest();    // a Query, Sync or FunctionCall went to the server
   // A Query or Parse creates session state transaction pooling cannot carry (session_state):
-  void pin(protocol::SessionState kind);                 // keep this server until the client leaves
-  void refuseSessionState(protocol::SessionState kind);  // the Query fails in PostgreSQL
-  bool serverClean() const;  // nothing owed, no batch open, transaction idle
+  void pin(protocol::SessionState kind);  // keep this server until the client leaves
+  void refuseSessionState(protocol::SessionState kind);
+  // Answers the Query being relayed with an ErrorResponse raised by PostgreSQL itself
+  // (`errcode`: a condition name), instead of running it.
+  // Keeps the wait id; while queued, watches the socket for the client hanging up (and leaves
+  // its bytes unread). stopHangupWatch() when a server or an error comes.
+  void waitFor(uint64_t wait_id);
+  void stopHangupWatch();
+  void refuseWith(const std::string& message,
+                  const char* errcode);  // the Query fails in PostgreSQL
+  bool serverClean() const;              // nothing owed, no batch open, transaction idle
   void attachServer(std::shared_ptr<pool::ServerConn> server, TimePoint t);  // t: now
   void releaseServer(TimePoint t = now());
   void dropServer(const std::string& reason);  // close it: its state is unknown
@@ -188,6 +196,7 @@ class ClientSession : public pool::PoolClient,
   bool log_connections_ = true;
   bool write_in_flight_ = false;  // waiting for writability (or a write failed)
   bool read_in_flight_ = false;
+  bool watching_hangup_ = false;  // queued: the read interest only looks for a hang-up
   bool close_after_write_ = false;
   bool rewrite_waiting_ = false;  // a message waits for the server's answer to an earlier one
   bool rewrite_enabled_ = false;  // transaction pooling with max_prepared_statements > 0
