@@ -425,6 +425,7 @@ void ServerConn::resumeReading() {
 void ServerConn::runInternal(std::string sql, std::function<void(Status)> done) {
   internal_ = std::move(done);
   internal_error_.clear();
+  internal_value_.clear();
   ++owed_ready_;
   std::string msg;
   protocol::appendQuery(msg, sql);
@@ -495,6 +496,14 @@ void ServerConn::processActive() {
       // sluice's own query: swallow everything, remember an error, finish at ReadyForQuery.
       forward(pos);
       if (t == 'E') internal_error_ = protocol::parseErrorFields(payload)['M'];
+      if (t == 'D') {
+        // DataRow: int16 column count, then per column an int32 length (-1: NULL) and bytes.
+        protocol::Reader r(payload);
+        int16_t columns = r.int16();
+        int32_t len = columns > 0 ? r.int32() : -1;
+        std::string_view v = len > 0 ? r.bytes(size_t(len)) : std::string_view();
+        internal_value_.assign(r.failed() ? std::string_view() : v);
+      }
       pos += hdr->total();
       fwd_start = pos;
       if (t == 'Z') {

@@ -402,6 +402,24 @@ void classify(const std::vector<Token>& t, SessionEffects& out) {
 
 }  // namespace
 
+SearchPathAfter searchPathAfter(std::string_view sql) {
+  SearchPathAfter after = SearchPathAfter::kUnchanged;
+  forEachSqlStatement(sql, [&](const std::vector<Token>& t) {
+    SessionEffects e;
+    classify(t, e);
+    if (!e.search_path) return false;
+    auto at = [&](size_t k, std::string_view w) { return k < t.size() && eq(t[k], w); };
+    size_t k = at(1, "session") ? 2 : 1;
+    // Of the statements classify() flags, RESET and DISCARD only ever reset it.
+    bool reset = at(0, "discard") || at(0, "reset") ||
+                 (at(0, "set") && t.size() == k + 3 && isName(t[k], "search_path") &&
+                  (at(k + 1, "to") || isPunct(t[k + 1], '=')) && at(k + 2, "default"));
+    after = reset ? SearchPathAfter::kDefault : SearchPathAfter::kChanged;
+    return false;
+  });
+  return after;
+}
+
 SessionEffects inspectSessionEffects(std::string_view sql) {
   // A trailing ';' (pgbench, many drivers) does not make a second statement.
   if (!sql.empty() && sql.back() == ';') sql.remove_suffix(1);

@@ -73,4 +73,10 @@ inline SessionState inspectSessionState(std::string_view sql) {
   return inspectSessionEffects(sql).state;
 }
 
+// What running `sql` (one or more statements; sluice's server_reset_query) leaves search_path
+// as, judged by the last statement that may change it: untouched, the session default (DISCARD
+// ALL, RESET ALL, RESET search_path, SET [SESSION] search_path TO|= DEFAULT), or anything else.
+enum class SearchPathAfter : uint8_t { kUnchanged, kDefault, kChanged };
+SearchPathAfter searchPathAfter(std::string_view sql);
+
 }  // namespace sluice::protocol

@@ -253,6 +253,24 @@ TEST(SessionState, SetConfigAtEveryOffsetOfTheVectorPath) {
   }
 }
 
+TEST(SessionState, SearchPathAfterAResetQuery) {
+  using A = SearchPathAfter;
+  EXPECT_EQ(searchPathAfter("DISCARD ALL"), A::kDefault);
+  EXPECT_EQ(searchPathAfter("RESET ALL; DEALLOCATE ALL"), A::kDefault);
+  EXPECT_EQ(searchPathAfter("reset search_path"), A::kDefault);
+  EXPECT_EQ(searchPathAfter("SET search_path TO DEFAULT"), A::kDefault);
+  EXPECT_EQ(searchPathAfter("SET SESSION search_path = default"), A::kDefault);
+  EXPECT_EQ(searchPathAfter("DEALLOCATE ALL"), A::kUnchanged);
+  EXPECT_EQ(searchPathAfter(""), A::kUnchanged);
+  EXPECT_EQ(searchPathAfter("SELECT 1"), A::kUnchanged);
+  EXPECT_EQ(searchPathAfter("SET LOCAL search_path TO a"), A::kUnchanged);
+  EXPECT_EQ(searchPathAfter("SET search_path TO a"), A::kChanged);
+  EXPECT_EQ(searchPathAfter("RESET ALL; SET search_path TO a"), A::kChanged);
+  EXPECT_EQ(searchPathAfter("SET search_path TO a; RESET ALL"), A::kDefault);
+  EXPECT_EQ(searchPathAfter("SET search_path TO default, a"), A::kChanged);
+  EXPECT_EQ(searchPathAfter("SELECT my_reset()"), A::kUnchanged);  // not seen: functions
+}
+
 TEST(SessionState, LabelsAndNames) {
   EXPECT_STREQ(sessionStateLabel(S::kAdvisoryLock), "advisory_lock");
   EXPECT_STREQ(sessionStateLabel(S::kSessionAuthorization), "session_authorization");

@@ -266,7 +266,9 @@ void ClientSession::closeQuietly(CloseReason reason, const std::string& detail) 
   if (server_) {
     if (serverClean() && server_->pendingCancels == 0 && was == State::kActive) {
       if (mode_ == config::PoolMode::kSession) {
-        // Session mode: reset the server's session state before another client gets it.
+        // Session mode: reset the server's session state before another client gets it. Its
+        // search_path was not followed: the reset decides what sluice knows of it.
+        server_->setTracked(protocol::kSearchPathSlot, protocol::kSearchPathUnknown);
         pool_->resetAndRelease(std::move(server_));
       } else {
         releaseServer();
@@ -371,6 +373,12 @@ bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
     std::string lk = k;
     std::transform(lk.begin(), lk.end(), lk.begin(), ::tolower);
     if (lk == "replication" && (v == "false" || v == "0" || v == "off" || v == "no")) continue;
+    if (lk == "search_path") {
+      // pgJDBC's currentSchema: PostgreSQL reads a startup value as set_config() would.
+      want_.set(protocol::kSearchPathSlot, protocol::searchPathValue(v));
+      want_given_[protocol::kSearchPathSlot] = true;
+      continue;
+    }
     // Since PostgreSQL 12 any extra_float_digits above 0 means the same shortest-exact output
     // the server default (1) gives, so JDBC's extra_float_digits=3 is safe to drop.
     if (lk == "extra_float_digits") continue;
@@ -634,20 +642,28 @@ void ClientSession::processClient() {
             t == 'Q' ? data.substr(pos + protocol::kHeaderSize, need - protocol::kHeaderSize)
                      : diagnostics::statementText(data.substr(pos, need), need);
         if (t == 'Q' && !sql.empty() && sql.back() == '\0') sql.remove_suffix(1);
-        auto kind = protocol::inspectSessionState(sql);
-        if (kind != protocol::SessionState::kNone) {
+        auto effects = protocol::inspectSessionEffects(sql);
+        if (effects.state != protocol::SessionState::kNone) {
           if (t == 'Q' && settings().session_state == config::SessionStatePolicy::kRefuse) {
             forward(pos);
-            refuseSessionState(kind);
+            refuseSessionState(effects.state);
             size_t have = std::min(hdr->total(), data.size() - pos);
             discard_left_ = hdr->total() - have;
             pos += have;
             fwd_start = pos;
             continue;
           }
-          pin(kind);  // a Parse is pinned under refuse too (see docs/architecture.md)
+          pin(effects.state);  // a Parse is pinned under refuse too (see docs/architecture.md)
         }
+        noteSearchPathEffects(t, data.substr(pos, need), effects.search_path);
       }
+    } else if (t == 'B' && search_path_statements_ && !search_path_dirty_ &&
+               pinned_ == protocol::SessionState::kNone) {
+      // A Bind of a statement whose Parse may change search_path (perhaps parsed in an earlier
+      // transaction): this transaction may change it too.
+      size_t need = std::min(hdr->total(), kMaxInspectedSql);
+      if (data.size() - pos < need) break;  // wait for the rest of its head
+      noteSearchPathEffects(t, data.substr(pos, need), false);
     }
     if (!rewriter_ && rewrite_enabled_ && t != 'Q' && t != 'F' && t != 'd' && t != 'c' &&
         t != 'f') {
@@ -725,6 +741,50 @@ void ClientSession::processClient() {
     releaseBufferIfDrained();
     startRead();
   }
+}
+
+void ClientSession::noteSearchPathEffects(char type, std::string_view msg, bool changes) {
+  if (changes) search_path_dirty_ = true;
+  if (type == 'Q' || (!changes && !search_path_statements_)) return;
+  // Parse: statement name, query, ...; Bind: portal name, statement name, ...
+  std::string_view body = msg.substr(protocol::kHeaderSize);
+  if (type == 'B') body.remove_prefix(std::min(body.size(), body.find('\0') + 1));
+  std::string_view name = body.substr(0, body.find('\0'));
+  if (!search_path_statements_)
+    search_path_statements_ = std::make_unique<std::vector<std::string>>();
+  auto& names = *search_path_statements_;
+  auto it = std::find(names.begin(), names.end(), name);
+  if (type == 'B') {
+    if (it != names.end()) search_path_dirty_ = true;
+  } else if (changes && it == names.end()) {
+    names.emplace_back(name);
+  } else if (!changes && it != names.end()) {
+    names.erase(it);  // the name now holds another statement (or "" was parsed again)
+  }
+}
+
+void ClientSession::readSearchPathThenRelease() {
+  state_ = State::kSyncing;
+  auto self = shared_from_this();
+  server_->runInternal("SHOW search_path", [self](Status st) {
+    if (self->state_ != State::kSyncing) return;
+    if (!st) {
+      // The client's search_path is unknown now: it cannot be carried to another server.
+      self->closeWithError(self->server_->state() == ServerState::kClosed
+                               ? CloseReason::kServerLost
+                               : CloseReason::kParameterSyncFailed,
+                           "sluice: could not read search_path back from the server after a "
+                           "statement that may have changed it: " +
+                               st.message());
+      return;
+    }
+    self->search_path_dirty_ = false;
+    self->server_->setTracked(protocol::kSearchPathSlot,
+                              protocol::searchPathValue(self->server_->internalValue()));
+    self->releaseServer();
+    self->state_ = State::kIdle;
+    self->processClient();
+  });
 }
 
 void ClientSession::pin(protocol::SessionState kind) {
@@ -910,6 +970,8 @@ void ClientSession::attachServer(std::shared_ptr<pool::ServerConn> server, TimeP
           "sluice: could not apply client parameters on the server: " + st.message());
       return;
     }
+    // PostgreSQL does not report search_path: the server has the client's value now.
+    self->server_->setTracked(protocol::kSearchPathSlot, self->want_[protocol::kSearchPathSlot]);
     self->startRelay();
     self->processClient();
   });
@@ -925,6 +987,15 @@ std::string ClientSession::syncSql() {
   std::string sql;
   for (size_t i = 0; i < want_.size(); ++i) {
     if (have[i] == want_[i]) continue;
+    if (i == protocol::kSearchPathSlot) {
+      // The value as SHOW printed it (or a startup value) is what set_config() takes.
+      const std::string& v = want_[i];
+      sql += v.empty() || v[0] != '='
+                 ? std::string("SET search_path TO DEFAULT;")
+                 : "SELECT pg_catalog.set_config('search_path', " +
+                       protocol::quoteLiteral(std::string_view(v).substr(1)) + ", false);";
+      continue;
+    }
     std::string name = protocol::kTrackedParams[i];
     std::transform(name.begin(), name.end(), name.begin(), ::tolower);
     sql += "SET " + name + " TO " + protocol::quoteLiteral(want_[i]) + ";";
@@ -959,8 +1030,12 @@ void ClientSession::onServerReady() {
   // passthrough_left_: part of the next message is already on its way to this server.
   if (mode_ != config::PoolMode::kSession && pinned_ == protocol::SessionState::kNone &&
       serverClean() && passthrough_left_ == 0) {
-    releaseServer(t);
-    state_ = State::kIdle;
+    if (search_path_dirty_ && server_->pendingCancels == 0) {
+      readSearchPathThenRelease();  // the client's new value, before another client's SET
+    } else {
+      releaseServer(t);
+      state_ = State::kIdle;
+    }
   }
   if (lazy_rewrite_waiting_) {
     // A message that needs the rewriter waited for this server to owe nothing.
@@ -986,6 +1061,11 @@ void ClientSession::releaseServer(TimePoint t) {
   held_total_s_ += held;
   // Whatever the client changed with SET is its own from now on.
   if (server_->trackedVersion() != synced_version_) want_ = server_->tracked();
+  if (search_path_dirty_) {
+    // Not read back (the client is leaving): the next client sets it again.
+    server_->setTracked(protocol::kSearchPathSlot, protocol::kSearchPathUnknown);
+    search_path_dirty_ = false;
+  }
   if (settings().server_reset_query_always) {
     pool_->resetAndRelease(std::move(server_));
   } else {
@@ -995,6 +1075,7 @@ void ClientSession::releaseServer(TimePoint t) {
 
 void ClientSession::dropServer(const std::string& reason) {
   rewriter_.reset();
+  search_path_dirty_ = false;
   if (!server_) return;
   held_total_s_ += secondsSince(server_since_);  // a hold ended by closing the server counts too
   auto s = std::move(server_);
@@ -1004,6 +1085,7 @@ void ClientSession::dropServer(const std::string& reason) {
 
 void ClientSession::onServerGone(const ErrorInfo& error) {
   rewriter_.reset();
+  search_path_dirty_ = false;
   if (server_) held_total_s_ += secondsSince(server_since_);
   server_.reset();
   ErrorInfo e = error;
@@ -1052,6 +1134,10 @@ void ClientSession::onCancelRequest() {
       self->release_when_cancelled_ = false;
       if (self->server_ == server && self->serverClean() &&
           self->pinned_ == protocol::SessionState::kNone) {
+        if (self->search_path_dirty_) {
+          self->readSearchPathThenRelease();
+          return;
+        }
         self->releaseServer();
         if (self->state_ == State::kActive) self->state_ = State::kIdle;
         self->processClient();
