@@ -628,6 +628,8 @@ void ClientSession::processClient() {
                        fmt::format("sluice: unknown message type '{}'", t));
         return;
     }
+    // A Parse refused under session_state = refuse: the rewriter answers it (below).
+    protocol::SessionState refuse_parse = protocol::SessionState::kNone;
     if (t == 'Q' || t == 'P') {
       // What SHOW HOLDERS and the leak warning show; capacity stays, so no allocation.
       if (!last_statement_) last_statement_ = std::make_unique<std::string>();
@@ -644,16 +646,24 @@ void ClientSession::processClient() {
         if (t == 'Q' && !sql.empty() && sql.back() == '\0') sql.remove_suffix(1);
         auto effects = protocol::inspectSessionEffects(sql);
         if (effects.state != protocol::SessionState::kNone) {
-          if (t == 'Q' && settings().session_state == config::SessionStatePolicy::kRefuse) {
-            forward(pos);
-            refuseSessionState(effects.state);
-            size_t have = std::min(hdr->total(), data.size() - pos);
-            discard_left_ = hdr->total() - have;
-            pos += have;
-            fwd_start = pos;
-            continue;
+          // A Parse can be refused only through the rewriter (max_prepared_statements > 0);
+          // without it, it is pinned (see docs/architecture.md).
+          if (settings().session_state == config::SessionStatePolicy::kRefuse &&
+              (t == 'Q' || rewrite_enabled_)) {
+            if (t == 'P') {
+              refuse_parse = effects.state;
+            } else {
+              forward(pos);
+              refuseSessionState(effects.state);
+              size_t have = std::min(hdr->total(), data.size() - pos);
+              discard_left_ = hdr->total() - have;
+              pos += have;
+              fwd_start = pos;
+              continue;
+            }
+          } else {
+            pin(effects.state);
           }
-          pin(effects.state);  // a Parse is pinned under refuse too (see docs/architecture.md)
         }
         noteSearchPathEffects(t, data.substr(pos, need), effects.search_path);
       }
@@ -700,6 +710,21 @@ void ClientSession::processClient() {
       std::string& rw_to_client = loopState().rw_to_client;
       rw_to_server.clear();
       rw_to_client.clear();
+      if (refuse_parse != protocol::SessionState::kNone && !rewriter_->skipping()) {
+        // In the Parse's place, one PostgreSQL refuses: the server skips to the Sync as after
+        // the client's own failed Parse, and the rewriter puts sluice's error where the
+        // ParseComplete would have been. (While the server skips, it ignores the Parse anyway.)
+        std::string error;
+        protocol::appendError(
+            error, makeError(sqlstate::kFeatureNotSupported, refusalMessage(refuse_parse)));
+        rewriter_->refuseParse(std::move(error), rw_to_server);
+        forward(pos);
+        server_->send(rw_to_server);
+        stats_->bytes_received.add(hdr->total());
+        pos += need;  // the whole Parse (Rewriter::clientBytesNeeded)
+        fwd_start = pos;
+        continue;
+      }
       auto action = rewriter_->onClientMessage(data.substr(pos, need), rw_to_server, rw_to_client);
       if (!rw_to_client.empty()) send(rw_to_client);
       if (action == protocol::Rewriter::Action::kWait) {
@@ -801,12 +826,16 @@ void ClientSession::pin(protocol::SessionState kind) {
 // PostgreSQL itself raises the error: a DO block takes the Query's place, so the answer comes in
 // order after earlier pipelined queries, and an open transaction is aborted as the refused
 // statement would have aborted it (ReadyForQuery 'E'), exactly as on a direct connection.
-void ClientSession::refuseSessionState(protocol::SessionState kind) {
-  std::string message = fmt::format(
+std::string ClientSession::refusalMessage(protocol::SessionState kind) const {
+  return fmt::format(
       "sluice: {} is session state that transaction pooling cannot carry; refused because "
       "session_state = refuse (pool {} has pool_mode = {}). Set session_state = pin to keep such "
       "a client on one server connection, or use pool_mode = session for this database",
       protocol::sessionStateWhat(kind), pool_->name(), config::poolModeName(mode_));
+}
+
+void ClientSession::refuseSessionState(protocol::SessionState kind) {
+  std::string message = refusalMessage(kind);
   std::string query;
   protocol::appendQuery(
       query, "DO " + protocol::quoteLiteral(

@@ -129,6 +129,7 @@ class ClientSession : public pool::PoolClient,
   // A Query or Parse creates session state transaction pooling cannot carry (session_state):
   void pin(protocol::SessionState kind);                 // keep this server until the client leaves
   void refuseSessionState(protocol::SessionState kind);  // the Query fails in PostgreSQL
+  std::string refusalMessage(protocol::SessionState kind) const;  // 0A000's text
   bool serverClean() const;  // nothing owed, no batch open, transaction idle
   // The transaction may have changed search_path: read it back, then release (-> kSyncing).
   void readSearchPathThenRelease();

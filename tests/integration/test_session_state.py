@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+import struct
 import threading
 
 import asyncpg
 import psycopg
 import pytest
 
+import pgwire
 from harness import free_port, wait_until
 from test_http import scrape, value
 
@@ -168,8 +170,7 @@ def test_pin_is_logged_once_and_counted_by_its_first_kind(poolers, pg):
 @sluice_only
 def test_pin_from_an_extended_protocol_parse(poolers, pg):
     # psycopg sends a query with parameters as Parse/Bind/Execute: the Parse text pins.
-    # Under refuse a Parse is pinned too (documented): only simple Queries are refused.
-    p = start(poolers, session_state="refuse", query_wait_timeout=30)
+    p = start(poolers, query_wait_timeout=30)
     c = p.connect(application_name="ext")
     pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
     c.execute("SELECT pg_advisory_lock(%s)", (4242,))
@@ -178,6 +179,97 @@ def test_pin_from_an_extended_protocol_parse(poolers, pg):
         == [(pid,)]
     assert value(scrape(p), "sluice_pool_pins_total", kind="advisory_lock", **DB) == 1
     c.close()
+
+
+def _msg(kind: bytes, body: bytes) -> bytes:
+    return kind + struct.pack("!I", len(body) + 4) + body
+
+
+def _parse(name: str, sql: str) -> bytes:
+    return _msg(b"P", name.encode() + b"\0" + sql.encode() + b"\0" + struct.pack("!H", 0))
+
+
+def _bind(stmt: str) -> bytes:
+    return _msg(b"B", b"\0" + stmt.encode() + b"\0" + struct.pack("!HHH", 0, 0, 0))
+
+
+_EXECUTE = _msg(b"E", b"\0" + struct.pack("!I", 0))
+_SYNC = _msg(b"S", b"")
+
+
+def _until_ready(w) -> list:
+    out = []
+    while True:
+        kind, body = w.read_message()
+        out.append((kind, body))
+        if kind == b"Z":
+            return out
+
+
+@sluice_only
+def test_refuse_a_parse_in_protocol_order(poolers, pg):
+    """Under refuse, a Parse that would create session state gets the same 0A000 as a Query, in
+    the ParseComplete's place; PostgreSQL then skips the rest of the batch up to the Sync, as
+    after a Parse that failed on its own."""
+    p = start(poolers, session_state="refuse", query_wait_timeout=30)
+    with p.wire() as w:
+        w.sock.sendall(_parse("ok", "SELECT 41 + 1") + _bind("ok") + _EXECUTE
+                       + _parse("l", "LISTEN pin_jobs") + _bind("l") + _EXECUTE
+                       + _parse("", "SELECT 2") + _SYNC)
+        got = _until_ready(w)
+        assert [k for k, _ in got] == [b"1", b"2", b"D", b"C", b"E", b"Z"], got
+        err = pgwire._fields(got[4][1])
+        assert err["C"] == "0A000" and err["S"] == "ERROR", err
+        assert err["M"].startswith("sluice: LISTEN is session state"), err
+        assert "session_state = refuse" in err["M"], err
+        assert got[5][1] == b"I"
+        # The unnamed statement, inside a transaction: the refusal aborts it.
+        assert w.query("BEGIN").status == b"T"
+        w.sock.sendall(_parse("", "CREATE TEMP TABLE pin_tmp (a int)") + _bind("")
+                       + _EXECUTE + _SYNC)
+        got = _until_ready(w)
+        assert [k for k, _ in got] == [b"E", b"Z"] and got[1][1] == b"E", got
+        assert pgwire._fields(got[0][1])["M"].startswith("sluice: a temporary table")
+        w.query("ROLLBACK")
+        # The connection is usable; "ok" exists, "l" does not.
+        w.sock.sendall(_bind("ok") + _EXECUTE + _SYNC)
+        assert [k for k, _ in _until_ready(w)] == [b"2", b"D", b"C", b"Z"]
+        w.sock.sendall(_bind("l") + _EXECUTE + _SYNC)
+        got = _until_ready(w)
+        assert [k for k, _ in got] == [b"E", b"Z"]
+        assert pgwire._fields(got[0][1])["C"] == "26000"
+        # Nothing was created and nothing pinned: another client gets the only server.
+        with p.connect() as other:
+            assert other.execute("SELECT 1").fetchone() == (1,)
+            assert other.execute("SELECT pg_listening_channels()").fetchall() == []
+    assert value(scrape(p), "sluice_pool_pinned_clients", **DB) == 0
+
+
+@sluice_only
+def test_refuse_a_parse_from_psycopg(poolers, pg):
+    p = start(poolers, session_state="refuse", query_wait_timeout=30)
+    with p.connect(prepare_threshold=0) as c:
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+            c.execute("SELECT pg_advisory_lock(%s)", (4242,))
+        assert e.value.diag.message_primary.startswith("sluice: a session advisory lock")
+        assert c.execute("SELECT %s::int + 1", (41,)).fetchone() == (42,)
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            with c.transaction():
+                c.execute("SELECT 1")
+                c.execute("SELECT pg_try_advisory_lock(%s)", (4242,))
+        assert c.execute("SELECT %s::int", (3,)).fetchone() == (3,)
+    assert pg.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                      "AND objid = 4242") == [(0,)]
+    assert value(scrape(p), "sluice_pool_pins_total", kind="advisory_lock", **DB) == 0
+
+
+@sluice_only
+def test_refuse_pins_a_parse_when_prepared_statements_are_off(poolers, pg):
+    # max_prepared_statements = 0: no rewriter to answer in the Parse's place, so it is pinned.
+    p = start(poolers, session_state="refuse", max_prepared_statements=0)
+    with p.connect() as c:
+        c.execute("SELECT pg_advisory_lock(%s)", (4242,))
+        assert value(scrape(p), "sluice_pool_pins_total", kind="advisory_lock", **DB) == 1
 
 
 @sluice_only
