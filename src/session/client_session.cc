@@ -241,7 +241,9 @@ void ClientSession::closeWithError(const ErrorInfo& e, CloseReason reason) {
     pool_->cancelWait(wait_id_);
     wait_id_ = 0;
   }
-  if (server_) dropServer(std::string("client closed: ") + stats::closeReasonToken(reason));
+  if (server_ && !resetPinnedServer()) {
+    dropServer(std::string("client closed: ") + stats::closeReasonToken(reason));
+  }
   flushWrites();  // closeQuietly() follows once the error is written
 }
 
@@ -257,9 +259,11 @@ void ClientSession::closeQuietly(CloseReason reason, const std::string& detail) 
     pool_->cancelWait(wait_id_);
     wait_id_ = 0;
   }
-  if (server_ && pinned_ != protocol::SessionState::kNone && mode_ != config::PoolMode::kSession) {
-    // Its session state (a lock, LISTEN, a temporary table, ...) must not reach another client.
-    dropServer(std::string("client disconnected while pinned: ") +
+  if (server_ && !resetPinnedServer() && pinned_ != protocol::SessionState::kNone &&
+      mode_ != config::PoolMode::kSession) {
+    // In a transaction or a query: no reset can run now, and its session state (a lock,
+    // LISTEN, a temporary table, ...) must not reach another client.
+    dropServer(std::string("client disconnected while pinned, in a transaction or query: ") +
                protocol::sessionStateWhat(pinned_) + " may still be held");
   }
   if (pinned_ != protocol::SessionState::kNone && stats_) stats_->pins_ended.add();
@@ -1100,6 +1104,23 @@ void ClientSession::releaseServer(TimePoint t) {
   } else {
     pool_->release(std::move(server_), t);
   }
+}
+
+bool ClientSession::resetPinnedServer() {
+  if (pinned_ == protocol::SessionState::kNone || mode_ == config::PoolMode::kSession ||
+      !serverClean() || server_->pendingCancels > 0 || state_ != State::kActive) {
+    return false;
+  }
+  // DISCARD ALL (after server_reset_query) ends everything sluice pins for: advisory locks,
+  // LISTEN, temporary tables, cursors, prepared statements, SET ROLE / SESSION AUTHORIZATION
+  // and settings. The server goes back to the pool once it succeeded, or is closed.
+  rewriter_.reset();
+  search_path_dirty_ = false;
+  double held = secondsSince(server_since_);
+  stats_->hold_seconds.observe(held);
+  held_total_s_ += held;
+  pool_->resetAndRelease(std::move(server_), /*full=*/true);
+  return true;
 }
 
 void ClientSession::dropServer(const std::string& reason) {

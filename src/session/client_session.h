@@ -138,6 +138,8 @@ class ClientSession : public pool::PoolClient,
   void attachServer(std::shared_ptr<pool::ServerConn> server, TimePoint t);  // t: now
   void releaseServer(TimePoint t = now());
   void dropServer(const std::string& reason);  // close it: its state is unknown
+  // A pinned client leaves: reset its server and give it back (false: it cannot be reset now).
+  bool resetPinnedServer();
   std::string syncSql();  // SETs that give the server this client's tracked values
   const config::Settings& settings() const;  // this loop's current snapshot
 

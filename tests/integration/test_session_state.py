@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 import pgwire
-from harness import free_port, wait_until
+from harness import BackendSampler, free_port, wait_until
 from test_http import scrape, value
 
 DB = {"database": "appdb", "user": "sluice_md5"}
@@ -96,6 +96,18 @@ def check_role(p, pg, c):
     assert c.execute("SELECT current_user").fetchone() == ("pin_role",)
 
 
+# kind -> a check, on the next client of the same backend, that the state is gone
+GONE = {
+    "listen": "SELECT count(*) FROM pg_listening_channels()",
+    "advisory_lock": "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                     "AND pid = pg_backend_pid()",
+    "temp_table": "SELECT count(*) FROM pg_class WHERE relname = 'pin_tmp'",
+    "with_hold": "SELECT count(*) FROM pg_cursors",
+    "sql_prepare": "SELECT count(*) FROM pg_prepared_statements",
+    "session_authorization": "SELECT count(*) FROM (SELECT current_user) u "
+                             "WHERE current_user <> 'sluice_md5'",
+}
+
 KINDS = {
     "listen": (["LISTEN pin_jobs"], check_listen, "LISTEN"),
     "advisory_lock": (["SELECT pg_advisory_lock(4242)"], check_advisory,
@@ -138,10 +150,10 @@ def test_pin_keeps_session_state_and_the_server(poolers, pg, kind):
     first.close()
     assert second.done(10), "the second client never got a server after the first left"
     assert second.error is None, second.error
-    # The pinned server was closed (its state is unknown), not handed on.
-    assert second.result != pid
-    wait_until(lambda: pg.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
-                                  (pid,)) == [(0,)], 5, what="the pinned backend to close")
+    # The pinned server was reset (DISCARD ALL) and handed on: same backend, state gone.
+    assert second.result == pid
+    assert second.conn.execute(GONE[kind]).fetchone() == (0,)
+    assert second.conn.execute("SELECT current_user").fetchone() == ("sluice_md5",)
     second.close()
     assert value(scrape(p), "sluice_pool_pinned_clients", **DB) == 0
     lines = re.findall(r".*pinned to its server connection.*", p.log())
@@ -152,6 +164,45 @@ def test_pin_keeps_session_state_and_the_server(poolers, pg, kind):
     if kind == "advisory_lock":
         assert pg.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
                           "AND objid = 4242") == [(0,)]
+
+
+@sluice_only
+@pytest.mark.parametrize("reset_query", ["DISCARD ALL", "", "DEALLOCATE ALL"])
+def test_a_pinned_server_is_reset_and_reused_when_its_client_leaves(poolers, pg, reset_query):
+    """server_reset_query runs, then DISCARD ALL if it is not that already (with an empty one,
+    DISCARD ALL alone): the lock, the temporary table and sluice's prepared statements on that
+    backend are gone, and the next client gets the same backend, not a new one."""
+    p = start(poolers, query_wait_timeout=30, server_reset_query=reset_query)
+    with BackendSampler(pg, "sluice_md5") as sampler:
+        first = p.connect(application_name="pinner", prepare_threshold=0)
+        assert first.execute("SELECT %s::int * 2", (21,)).fetchone() == (42,)  # sluice_s1
+        pid = first.execute("SELECT pg_backend_pid()").fetchone()[0]
+        first.execute("SELECT pg_advisory_lock(4242)")
+        first.execute("CREATE TEMP TABLE pin_tmp (a int)")
+        first.close()
+        with p.connect(prepare_threshold=0) as second:
+            assert second.execute("SELECT pg_backend_pid()").fetchone()[0] == pid
+            assert pg.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") \
+                == [(0,)]
+            assert second.execute("SELECT to_regclass('pin_tmp') IS NULL").fetchone() == (True,)
+            # The statement map of that server was forgotten with DISCARD ALL: the same text is
+            # prepared again rather than bound to a statement that is gone.
+            assert second.execute("SELECT %s::int * 2", (4,)).fetchone() == (8,)
+    assert sampler.max <= 1, sampler.samples
+    assert "closing" not in "\n".join(line for line in p.log().splitlines() if "[S" in line)
+
+
+@sluice_only
+def test_a_pinned_client_leaving_inside_a_transaction_closes_its_server(poolers, pg):
+    p = start(poolers, query_wait_timeout=30)
+    first = p.connect()
+    pid = first.execute("SELECT pg_backend_pid()").fetchone()[0]
+    first.execute("LISTEN pin_jobs")
+    first.execute("BEGIN")
+    first.close()
+    with p.connect() as second:
+        assert second.execute("SELECT pg_backend_pid()").fetchone()[0] != pid
+        assert second.execute("SELECT count(*) FROM pg_listening_channels()").fetchone() == (0,)
 
 
 @sluice_only
