@@ -324,6 +324,26 @@ def test_refuse_pins_a_parse_when_prepared_statements_are_off(poolers, pg):
 
 
 @sluice_only
+def test_do_blocks_that_create_state_pin_or_are_refused(poolers, pg):
+    """A DO block's body is searched for the same statements (also inside EXECUTE strings).
+    Functions called by name are not seen: their bodies are not in the query text."""
+    p = start(poolers, query_wait_timeout=30)
+    with p.connect() as c:
+        pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+        c.execute("DO $$BEGIN PERFORM pg_advisory_lock(4242); END$$")
+        assert value(scrape(p), "sluice_pool_pins_total", kind="advisory_lock", **DB) == 1
+        assert pg.execute("SELECT pid FROM pg_locks WHERE locktype = 'advisory' "
+                          "AND objid = 4242") == [(pid,)]
+    r = start(poolers, session_state="refuse")
+    with r.connect() as c:
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+            c.execute("DO $$BEGIN EXECUTE 'LISTEN ' || 'pin_jobs'; END$$")
+        assert e.value.diag.message_primary.startswith("sluice: LISTEN"), e.value
+        c.execute("DO $$DECLARE temp int; BEGIN temp := 1; END$$")  # only looks like state
+        assert c.execute("SELECT count(*) FROM pg_listening_channels()").fetchone() == (0,)
+
+
+@sluice_only
 def test_second_client_times_out_naming_the_pool_while_the_server_is_pinned(poolers, pg):
     p = start(poolers, query_wait_timeout=1)
     with p.connect() as first:
