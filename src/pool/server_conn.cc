@@ -583,6 +583,8 @@ void ServerConn::attachToLoop(net::EventLoop* loop) {
 void ServerConn::fail(const std::string& why, const std::string& sqlstate) {
   if (state_ == State::kClosed) return;
   State was = state_;
+  auto internal = std::move(internal_);  // close() drops it
+  internal_ = nullptr;
   close(why);
   ErrorInfo e;
   e.severity = "FATAL";
@@ -592,11 +594,7 @@ void ServerConn::fail(const std::string& why, const std::string& sqlstate) {
     finishLogin(Status::error(why), e.sqlstate);
     return;
   }
-  if (internal_) {
-    auto done = std::move(internal_);
-    internal_ = nullptr;
-    done(Status::error(why));
-  }
+  if (internal) internal(Status::error(why));
   if (listener_) {
     auto* l = listener_;
     listener_ = nullptr;
@@ -620,6 +618,8 @@ void ServerConn::close(const std::string& reason) {
     ::send(fd_, bye.data(), bye.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
   }
   state_ = State::kClosed;
+  // Nobody waits for sluice's own query any more; its callback may hold this connection.
+  internal_ = nullptr;
   SLOG_INFO("{} closing: {} (age {:.1f} s)", describe(), reason, secondsSince(created_at_));
   loop_->release(timer_, slot_, fd_);
   pool_->onServerClosed(this);

@@ -259,6 +259,17 @@ void ClientSession::closeQuietly(CloseReason reason, const std::string& detail) 
     pool_->cancelWait(wait_id_);
     wait_id_ = 0;
   }
+  if (server_ && reading_search_path_) {
+    // Its last transaction may have changed search_path and sluice is reading it back: the
+    // callback gives the server back once the answer came (a client that quits right after
+    // SET search_path or DISCARD ALL does not cost a server connection).
+    reading_search_path_ = false;
+    search_path_dirty_ = false;
+    rewriter_.reset();
+    held_total_s_ += secondsSince(server_since_);
+    server_->detach();
+    server_.reset();
+  }
   if (server_ && !resetPinnedServer() && pinned_ != protocol::SessionState::kNone &&
       mode_ != config::PoolMode::kSession) {
     // In a transaction or a query: no reset can run now, and its session state (a lock,
@@ -794,8 +805,23 @@ void ClientSession::noteSearchPathEffects(char type, std::string_view msg, bool 
 
 void ClientSession::readSearchPathThenRelease() {
   state_ = State::kSyncing;
+  reading_search_path_ = true;
   auto self = shared_from_this();
-  server_->runInternal("SHOW search_path", [self](Status st) {
+  auto server = server_;
+  server_->runInternal("SHOW search_path", [self, server](Status st) {
+    if (self->server_ != server) {
+      // The client left meanwhile and let go of the server (closeQuietly): it goes back to the
+      // pool with the value it has.
+      if (st && server->state() != ServerState::kClosed) {
+        server->setTracked(protocol::kSearchPathSlot,
+                           protocol::searchPathValue(server->internalValue()));
+        self->pool_->release(server);
+      } else if (server->state() != ServerState::kClosed) {
+        server->close("could not read search_path back: " + st.message());
+      }
+      return;
+    }
+    self->reading_search_path_ = false;
     if (self->state_ != State::kSyncing) return;
     if (!st) {
       // The client's search_path is unknown now: it cannot be carried to another server.

@@ -209,6 +209,7 @@ class ClientSession : public pool::PoolClient,
   // Something sent to the current server since it was attached may have changed search_path
   // (transaction and statement pooling): before the server goes back, sluice reads the value.
   bool search_path_dirty_ = false;
+  bool reading_search_path_ = false;  // kSyncing: readSearchPathThenRelease() is waiting
 };
 
 }  // namespace sluice::session

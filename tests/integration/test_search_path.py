@@ -232,3 +232,20 @@ def test_session_mode_without_a_reset_query_does_not_leak_it(poolers, schemas):
         pid = where(a)[1]
     with p.connect() as b:
         assert where(b) == ("public", pid)
+
+
+@sluice_only
+def test_a_client_that_quits_right_after_changing_it_does_not_cost_a_server(poolers, schemas):
+    """A client that goes away (without a Terminate, as when it is killed) while sluice reads
+    search_path back: the server still goes back to the pool, with the value it has, and the
+    next client gets the same backend, set back."""
+    p = one_server(poolers)
+    with p.connect() as b:
+        pid = where(b)[1]
+    for i in range(6):
+        w = p.wire()
+        w.query("SET search_path TO sp_a" if i % 2 else "DISCARD ALL")
+        w.sock.close()
+        with p.connect() as b:
+            assert where(b) == ("public", pid)
+    assert "closing" not in "\n".join(line for line in p.log().splitlines() if "[S" in line)
