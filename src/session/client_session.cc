@@ -680,7 +680,9 @@ void ClientSession::processClient() {
             pin(effects.state);
           }
         }
-        noteSearchPathEffects(t, data.substr(pos, need), effects.search_path);
+        if (effects.search_path || (t == 'P' && search_path_statements_)) {
+          noteSearchPathEffects(t, data.substr(pos, need), effects.search_path);
+        }
       }
     } else if (t == 'B' && search_path_statements_ && !search_path_dirty_ &&
                pinned_ == protocol::SessionState::kNone) {
