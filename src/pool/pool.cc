@@ -316,26 +316,51 @@ void Pool::release(std::shared_ptr<ServerConn> server, TimePoint t) {
   server->startIdleWatch();
 }
 
-void Pool::resetAndRelease(std::shared_ptr<ServerConn> server) {
+void Pool::resetAndRelease(std::shared_ptr<ServerConn> server, bool full) {
   std::string sql;
   {
     std::lock_guard lock(mu_);
     sql = settings_.server_reset_query;
   }
   server->detach();
+  std::string then;  // a second query, run after `sql` succeeded
+  if (full && protocol::inspectSql(sql).command != protocol::SqlCommand::kDiscardAll) {
+    (sql.empty() ? sql : then) = "DISCARD ALL";
+  }
   if (sql.empty()) {
     release(std::move(server));
     return;
   }
   auto self = shared_from_this();
-  bool forgets = protocol::deallocatesAll(sql);
-  server->runInternal(sql, [self, server, forgets](Status st) {
-    if (st) {
-      if (forgets) server->statements().forgetAll();
-      self->release(server);
-    } else {
+  auto finish = [self, server](Status st, const std::string& ran) {
+    if (!st) {
       server->close("server_reset_query failed: " + st.message());
+      return false;
     }
+    if (protocol::deallocatesAll(ran)) server->statements().forgetAll();
+    // The tracked parameters PostgreSQL reports came back with ParameterStatus; search_path is
+    // known only from what the reset ran.
+    switch (protocol::searchPathAfter(ran)) {
+      case protocol::SearchPathAfter::kUnchanged:
+        break;
+      case protocol::SearchPathAfter::kDefault:
+        server->setTracked(protocol::kSearchPathSlot, protocol::kSearchPathDefault);
+        break;
+      case protocol::SearchPathAfter::kChanged:
+        server->setTracked(protocol::kSearchPathSlot, protocol::kSearchPathUnknown);
+        break;
+    }
+    return true;
+  };
+  server->runInternal(sql, [self, server, sql, then, finish](Status st) {
+    if (!finish(st, sql)) return;
+    if (then.empty()) {
+      self->release(server);
+      return;
+    }
+    server->runInternal(then, [self, server, then, finish](Status st2) {
+      if (finish(st2, then)) self->release(server);
+    });
   });
 }
 

@@ -137,8 +137,11 @@ class Pool : public std::enable_shared_from_this<Pool> {
   // `t`: the caller's current time, when it has one (saves a clock read per transaction).
   void release(std::shared_ptr<ServerConn> server, TimePoint t = now());
   // Runs server_reset_query first (session mode, or server_reset_query_always), then releases;
-  // a server whose reset fails is closed.
-  void resetAndRelease(std::shared_ptr<ServerConn> server);
+  // a server whose reset fails is closed. `full`: the server carries session state (a pinned
+  // client's), so DISCARD ALL must run too: it is the reset when server_reset_query is empty,
+  // and runs after it when that query does not DISCARD ALL itself (DISCARD ALL cannot share a
+  // query string with other statements).
+  void resetAndRelease(std::shared_ptr<ServerConn> server, bool full = false);
   // Rolls back the transaction a client left open (idle_transaction_timeout), then releases the
   // server, through server_reset_query first when `then_reset` (session mode); a server whose
   // ROLLBACK fails is closed. On the server's loop.

@@ -429,6 +429,7 @@ void ServerConn::resumeReading() {
 void ServerConn::runInternal(std::string sql, std::function<void(Status)> done) {
   internal_ = std::move(done);
   internal_error_.clear();
+  internal_value_.clear();
   ++owed_ready_;
   std::string msg;
   protocol::appendQuery(msg, sql);
@@ -499,6 +500,14 @@ void ServerConn::processActive() {
       // sluice's own query: swallow everything, remember an error, finish at ReadyForQuery.
       forward(pos);
       if (t == 'E') internal_error_ = protocol::parseErrorFields(payload)['M'];
+      if (t == 'D') {
+        // DataRow: int16 column count, then per column an int32 length (-1: NULL) and bytes.
+        protocol::Reader r(payload);
+        int16_t columns = r.int16();
+        int32_t len = columns > 0 ? r.int32() : -1;
+        std::string_view v = len > 0 ? r.bytes(size_t(len)) : std::string_view();
+        internal_value_.assign(r.failed() ? std::string_view() : v);
+      }
       pos += hdr->total();
       fwd_start = pos;
       if (t == 'Z') {
@@ -578,6 +587,8 @@ void ServerConn::attachToLoop(net::EventLoop* loop) {
 void ServerConn::fail(const std::string& why, const std::string& sqlstate) {
   if (state_ == State::kClosed) return;
   State was = state_;
+  auto internal = std::move(internal_);  // close() drops it
+  internal_ = nullptr;
   close(why);
   ErrorInfo e;
   e.severity = "FATAL";
@@ -587,11 +598,7 @@ void ServerConn::fail(const std::string& why, const std::string& sqlstate) {
     finishLogin(Status::error(why), e.sqlstate);
     return;
   }
-  if (internal_) {
-    auto done = std::move(internal_);
-    internal_ = nullptr;
-    done(Status::error(why));
-  }
+  if (internal) internal(Status::error(why));
   if (listener_) {
     auto* l = listener_;
     listener_ = nullptr;
@@ -617,6 +624,8 @@ void ServerConn::close(const std::string& reason) {
         ::send(fd_, bye.data(), bye.size(), MSG_NOSIGNAL | MSG_DONTWAIT) == ssize_t(bye.size());
   }
   state_ = State::kClosed;
+  // Nobody waits for sluice's own query any more; its callback may hold this connection.
+  internal_ = nullptr;
   SLOG_INFO("{} closing: {} (age {:.1f} s)", describe(), reason, secondsSince(created_at_));
   if (!said_bye) {
     finishClose();

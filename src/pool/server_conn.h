@@ -95,8 +95,10 @@ class ServerConn : public net::IoWatcher, public std::enable_shared_from_this<Se
   void setUnsynced(bool v) { unsynced_ = v; }
   void resumeReading();
   // Runs `sql` as sluice's own query; its results are not relayed. `done` gets an error if
-  // PostgreSQL answered with one or the connection failed.
+  // PostgreSQL answered with one or the connection failed; it may read internalValue().
   void runInternal(std::string sql, std::function<void(Status)> done);
+  // The first column of the last DataRow of sluice's last own query ("" if none, or NULL).
+  const std::string& internalValue() const { return internal_value_; }
 
   // Idle watch: a read that only notices EOF or unexpected bytes while pooled.
   void startIdleWatch();
@@ -128,6 +130,10 @@ class ServerConn : public net::IoWatcher, public std::enable_shared_from_this<Se
   const protocol::TrackedSet& tracked() const { return tracked_; }
   // Takes an equal set's storage, so that later comparisons with it are a pointer check.
   void adoptTracked(const protocol::TrackedSet& equal) { tracked_ = equal; }
+  // A slot sluice learns itself rather than from ParameterStatus (protocol::kSearchPathSlot).
+  void setTracked(size_t slot, std::string_view value) {
+    if (tracked_.set(slot, value)) ++tracked_version_;
+  }
   uint64_t trackedVersion() const { return tracked_version_; }
   // Prepared statements that exist on this PostgreSQL session (transaction pooling).
   protocol::ServerStatements& statements() { return statements_; }
@@ -189,6 +195,7 @@ class ServerConn : public net::IoWatcher, public std::enable_shared_from_this<Se
   // sluice's own query in flight: results swallowed, callback at its ReadyForQuery
   std::function<void(Status)> internal_;
   std::string internal_error_;
+  std::string internal_value_;
 
   protocol::ServerStatements statements_;
   protocol::TrackedSet tracked_;

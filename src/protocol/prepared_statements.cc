@@ -71,14 +71,14 @@ void appendDescribeStatement(std::string& out, uint64_t seq) {
 void appendFlush(std::string& out) { appendHeader(out, 'H', 0); }
 
 // A Parse that PostgreSQL refuses whatever its state: a syntax error is found before the name, the
-// transaction or the relations are looked at. Named, so that the unnamed statement stays.
-void appendRefusal(std::string& out) {
+// transaction or the relations are looked at. Named, so that the unnamed statement stays. `why`
+// (starting "sluice:") is what PostgreSQL's log shows as the failed statement.
+void appendRefusal(std::string& out, std::string_view why) {
   constexpr std::string_view kName = "sluice_refused";
-  constexpr std::string_view kQuery = "sluice: cached plan must not change result type";
-  appendHeader(out, 'P', kName.size() + 1 + kQuery.size() + 1 + 2);
+  appendHeader(out, 'P', kName.size() + 1 + why.size() + 1 + 2);
   out.append(kName);
   out.push_back('\0');
-  out.append(kQuery);
+  out.append(why);
   out.push_back('\0');
   out.append(2, '\0');  // no parameter types
 }
@@ -501,7 +501,7 @@ size_t Rewriter::clientBytesNeeded(char type, uint32_t length) {
 }
 
 Rewriter::Pending& Rewriter::push(Kind kind, uint64_t seq, StatementRef def) {
-  fifo_.push_back(Pending{next_id_++, kind, seq, std::move(def), nullptr});
+  fifo_.push_back(Pending{next_id_++, kind, seq, std::move(def), nullptr, false, nullptr});
   if (owesReady(kind)) ++owed_ready_;
   return fifo_.back();
 }
@@ -510,6 +510,7 @@ void Rewriter::popFront() {
   Pending& p = fifo_[head_];
   if (owesReady(p.kind)) --owed_ready_;
   p.def.reset();
+  p.error.reset();
   releaseUndo(p);
   ++head_;
   if (head_ == fifo_.size()) {
@@ -808,6 +809,14 @@ Rewriter::Action Rewriter::onClientMessage(std::string_view head, std::string& t
   }
 }
 
+Rewriter::Action Rewriter::refuseParse(std::string error, std::string& to_server) {
+  if (skipping_) return Action::kForward;  // PostgreSQL ignores it until the next Sync
+  unsynced_ = true;
+  appendRefusal(to_server, "sluice: refused, session state (session_state = refuse)");
+  push(Kind::kRefusal).error = std::make_unique<std::string>(std::move(error));
+  return Action::kReplace;
+}
+
 // Sends the message unchanged after any Close of orphaned statements, recording `kind`.
 Rewriter::Action Rewriter::passThrough(std::string_view head, Kind kind, std::string& to_server) {
   if (server_.orphans_.empty()) {
@@ -953,7 +962,7 @@ bool Rewriter::readyToUse(const StatementRef& def, uint64_t& seq, std::string& t
   bool refuse;
   if (checkResultType(def, seq, refuse, to_server) == Action::kWait) return false;
   if (refuse) {
-    appendRefusal(to_server);
+    appendRefusal(to_server, "sluice: cached plan must not change result type");
     push(Kind::kRefusal);
   }
   return true;
@@ -1206,7 +1215,11 @@ Rewriter::Action Rewriter::onError(std::string_view msg, std::string& to_client)
   if (e.fatal) {
     // The connection ends; pass it on as it is.
   } else if (p.kind == Kind::kRefusal) {
-    appendResultTypeChanged(to_client);  // what PostgreSQL says of a statement whose type changed
+    if (p.error) {
+      to_client.append(*p.error);  // refuseParse()
+    } else {
+      appendResultTypeChanged(to_client);  // what PostgreSQL says of a statement whose type changed
+    }
     action = Action::kReplace;
   } else if (p.kind == Kind::kHiddenDescribe && e.sqlstate == kCachedPlanChanged) {
     server_.forget(*p.def, p.seq, true);  // DDL came between its Parse and this Describe

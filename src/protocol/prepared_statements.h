@@ -272,6 +272,13 @@ class Rewriter {
 
   // False for the types whose body the Rewriter never needs (D, d, V): the relay may stream them.
   static bool serverBodyNeeded(char type) { return !(type == 'D' || type == 'd' || type == 'V'); }
+  // In place of a client's Parse (which the caller then drops, kReplace): a Parse PostgreSQL
+  // refuses, so that the server skips the rest of the batch up to the Sync exactly as after a
+  // failed Parse of its own, and the client gets `error` (a whole ErrorResponse message) where
+  // its ParseComplete would have been. The statement is not registered. kForward while the
+  // server skips messages anyway: it ignores the client's Parse then, which may be relayed.
+  Action refuseParse(std::string error, std::string& to_server);
+
   // `msg`: one server message (whole, or only its header if !serverBodyNeeded(type)).
   // Appends the replacement to `to_client` when returning kReplace.
   Action onServerMessage(std::string_view msg, std::string& to_client);
@@ -310,7 +317,8 @@ class Rewriter {
     kHiddenDescribe,  // 't' then 'T' or 'n' swallowed: the result type of a statement prepared
     // A Parse of a syntax error sent instead of the client's Bind or Describe of a statement whose
     // result type changed, so that PostgreSQL skips to the Sync as after an error of its own: its
-    // error becomes 0A000 "cached plan must not change result type".
+    // error becomes 0A000 "cached plan must not change result type". Or instead of a client's
+    // Parse that sluice refuses (refuseParse()): its error becomes Pending::error.
     kRefusal,
     // Answered by sluice: no server message; emitted when it reaches the head of the FIFO.
     kParseComplete,  // "1\0\0\0\4"
@@ -336,6 +344,7 @@ class Rewriter {
     StatementRef def;            // the client statement it concerns
     std::unique_ptr<Undo> undo;  // only for messages that change the client's view
     bool own_parse = false;      // kHiddenDescribe: of the Parse of `def` itself (its result type)
+    std::unique_ptr<std::string> error;  // kRefusal by refuseParse(): the ErrorResponse to send
   };
   // A Bind or Describe held (kWait) until the server tells the result type of the server
   // statement it will use. At most one: the held message stops the client's stream.

@@ -463,6 +463,12 @@ class FakePg {
 
 // ---- the harness: clients, servers, attachments ----
 
+std::string parseQuery(std::string_view parse) {
+  protocol::Reader r(parse.substr(5));
+  r.cstring();
+  return std::string(r.cstring());
+}
+
 struct Server {
   explicit Server(Database* db, size_t cap = ServerStatements::kDefaultMaxPrepared)
       : pg(db), statements(cap) {}
@@ -491,7 +497,13 @@ class Attachment {
       size_t need = Rewriter::clientBytesNeeded(m[0], protocol::readU32(m.data() + 1));
       ASSERT_LE(need, m.size());
       std::string ts, tc;
-      Rewriter::Action a = rw.onClientMessage(std::string_view(m).substr(0, need), ts, tc);
+      Rewriter::Action a;
+      if (m[0] == 'P' && refuse.count(parseQuery(m)) > 0) {
+        a = rw.refuseParse(refusal, ts);  // as the relay does under session_state = refuse
+        if (a == Rewriter::Action::kReplace) need = m.size();
+      } else {
+        a = rw.onClientMessage(std::string_view(m).substr(0, need), ts, tc);
+      }
       if (a == Rewriter::Action::kWait) {
         ASSERT_TRUE(tc.empty());
         ++waits;
@@ -552,6 +564,8 @@ class Attachment {
   std::string to_server;  // everything the server got
   std::string to_client;  // everything the client got
   Rewriter rw;
+  std::set<std::string> refuse;  // Parse texts the relay refuses (Rewriter::refuseParse())
+  std::string refusal;           // with this ErrorResponse
 
  private:
   void received(std::string_view bytes) {
@@ -1162,6 +1176,41 @@ TEST_F(PreparedStatementsTest, ClientParseThatFailsIsNotRegistered) {
   EXPECT_EQ(x.statements.size(), 0u);
   EXPECT_STREAM(t.roundTrip(Parse("s1", "SELECT 1") + Sync()), ParseComplete() + Ready('I'));
   expectLikeDirect(a);
+}
+
+TEST_F(PreparedStatementsTest, RefusedParseGetsItsErrorInPlaceAndTheBatchIsSkipped) {
+  Client a(&db);
+  Server x(&db);
+  Attachment t(a, x);
+  t.refuse = {"LISTEN jobs"};
+  t.refusal = Error("0A000", "sluice: LISTEN is session state");
+  EXPECT_STREAM(
+      t.roundTrip(Parse("ok", "SELECT 1") + Bind("", "ok") + Execute() + Parse("l", "LISTEN jobs") +
+                  Bind("", "l") + Execute() + Parse("ok2", "SELECT 2") + Sync()),
+      ParseComplete() + BindComplete() + Rows("SELECT 1") + t.refusal + Ready('I'));
+  // The client's LISTEN never reached the server; nothing after it ran or was registered.
+  EXPECT_EQ(t.to_server.find("LISTEN"), std::string::npos);
+  EXPECT_EQ(a.statements.find("l"), nullptr);
+  EXPECT_EQ(a.statements.find("ok2"), nullptr);
+  EXPECT_NE(a.statements.find("ok"), nullptr);
+  EXPECT_EQ(x.pg.executed, 1);
+  EXPECT_TRUE(t.rw.idle());
+  // The unnamed statement, inside a transaction block: the refusal aborts it, as PostgreSQL's
+  // own error would.
+  EXPECT_STREAM(t.roundTrip(Query("BEGIN")), Complete("BEGIN") + Ready('T'));
+  EXPECT_STREAM(t.roundTrip(Parse("", "LISTEN jobs") + Bind("", "") + Execute() + Sync()),
+                t.refusal + Ready('E'));
+  EXPECT_STREAM(t.roundTrip(Query("ROLLBACK")), Complete("ROLLBACK") + Ready('I'));
+  // While the server skips after an earlier error, PostgreSQL ignores the Parse anyway: it goes
+  // through unchanged and nothing answers it.
+  t.send(Parse("b", "bad one") + Flush());
+  t.deliver();
+  ASSERT_TRUE(t.rw.skipping());
+  EXPECT_STREAM(t.roundTrip(Parse("l2", "LISTEN jobs") + Sync()), Ready('I'));
+  EXPECT_EQ(a.statements.find("l2"), nullptr);
+  EXPECT_STREAM(t.roundTrip(Bind("", "ok") + Execute() + Sync()),
+                BindComplete() + Rows("SELECT 1") + Ready('I'));
+  EXPECT_TRUE(t.rw.idle());
 }
 
 TEST_F(PreparedStatementsTest, InjectedParseErrorIsTheErrorOfTheMessageThatNeededIt) {

@@ -112,6 +112,18 @@ TEST(SessionState, EachKind) {
   EXPECT_EQ(inspect("SET role TO 'alice'"), S::kSessionAuthorization);
 }
 
+TEST(SessionState, CallsAreFoundBehindWhitespaceCommentsAndQuotes) {
+  EXPECT_EQ(inspect("SELECT pg_advisory_lock\n\t (1)"), S::kAdvisoryLock);
+  EXPECT_EQ(inspect("SELECT pg_advisory_lock /* why */ (1)"), S::kAdvisoryLock);
+  EXPECT_EQ(inspect("SELECT x FROM t WHERE pg_try_advisory_lock(id) AND a IN (1, 2)"),
+            S::kAdvisoryLock);
+  EXPECT_EQ(inspect("SELECT count(*), max(a), coalesce(b, 0) FROM t"), S::kNone);
+  EXPECT_EQ(inspect("SELECT my_pg_advisory_lock(1)"), S::kNone);
+  EXPECT_EQ(inspect("SELECT pg_advisory_locks(1)"), S::kNone);
+  EXPECT_FALSE(inspectSessionEffects("SELECT reset_config(1)").search_path);
+  EXPECT_TRUE(inspectSessionEffects("SELECT set_config ('search_path', 'a', false)").search_path);
+}
+
 TEST(SessionState, LeadingCommentsWhitespaceAndCase) {
   EXPECT_EQ(inspect("   \n\t LiStEn x"), S::kListen);
   EXPECT_EQ(inspect("-- a job runner\nLISTEN jobs"), S::kListen);
@@ -143,6 +155,120 @@ TEST(SessionState, LongQueriesUseTheVectorPathAndItsOverlappingTail) {
         << len;
   }
   EXPECT_EQ(inspect("SELECT " + pad + " FROM t WHERE v = 1"), S::kNone);
+}
+
+bool path(const std::string& sql) { return inspectSessionEffects(sql).search_path; }
+
+TEST(SessionState, SearchPathChanges) {
+  for (const char* sql : {
+           "SET search_path TO tenant_a",
+           "set search_path = 'a', \"B c\", public",
+           "SET SESSION search_path TO DEFAULT",
+           "SET \"search_path\" TO x",
+           "SET SCHEMA 'tenant_a'",
+           "set session schema 'tenant_a';",
+           "RESET search_path",
+           "reset all",
+           "DISCARD ALL",
+           "SELECT 1; SET search_path TO a",
+           "SET search_path TO a; SELECT 1",
+           "/* tenant */ SET search_path TO a",
+           "SELECT set_config('search_path', 'a', false)",
+           "select pg_catalog.set_config('search_path', $1, false)",
+           "SELECT set_config($1, $2, false)",
+           "SELECT set_config('SEARCH_PATH', 'a', 'false')",
+           "SELECT set_config('search_path', 'a', $3)",
+           "SELECT set_config('search_path', 'a', false), 1",
+           "SELECT \"set_config\"('search_path', 'a', false)",
+           "SELECT SET_CONFIG('search_path', 'a', f(1, 2))",
+           "SELECT set_config(E'search_path', 'a', false)",  // not decoded: assume the worst
+       }) {
+    EXPECT_TRUE(path(sql)) << sql;
+    EXPECT_EQ(inspect(sql), S::kNone) << sql;
+  }
+}
+
+TEST(SessionState, SearchPathLookalikes) {
+  for (const char* sql : {
+           "SET LOCAL search_path TO a",
+           "SET LOCAL SCHEMA 'a'",
+           "SHOW search_path",
+           "SELECT current_setting('search_path')",
+           "SELECT search_path FROM t",
+           "SELECT 'SET search_path TO a'",
+           "SELECT set_config('search_path', 'a', true)",
+           "SELECT set_config('search_path', 'a', 'on')",
+           "SELECT set_config('statement_timeout', '0', false)",
+           "SELECT set_config FROM t",
+           "SELECT 'set_config(1)'",
+           "SELECT my_set_configure(1)",
+           "SET search_path_x TO 1",
+           "SET statement_timeout = 0",
+           "RESET ROLE",
+           "RESET statement_timeout",
+           "DISCARD PLANS",
+           "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+       }) {
+    EXPECT_FALSE(path(sql)) << sql;
+  }
+}
+
+TEST(SessionState, DoBlocksAreSearchedWordByWord) {
+  EXPECT_EQ(inspect("DO $$BEGIN PERFORM pg_advisory_lock(1); END$$"), S::kAdvisoryLock);
+  EXPECT_EQ(inspect("do 'begin execute ''LISTEN jobs''; end'"), S::kListen);
+  EXPECT_EQ(inspect("DO $body$ BEGIN CREATE TEMP TABLE t (a int); END $body$"), S::kTempTable);
+  EXPECT_EQ(inspect("DO LANGUAGE plpgsql $$ BEGIN EXECUTE format('SET ROLE %I', 'x'); END $$"),
+            S::kSessionAuthorization);
+  EXPECT_EQ(inspect("DO $$ BEGIN EXECUTE 'DECLARE c CURSOR WITH HOLD FOR SELECT 1'; END $$"),
+            S::kWithHold);
+  EXPECT_EQ(inspect("DO $$ BEGIN EXECUTE 'PREPARE q AS SELECT 1'; END $$ LANGUAGE plpgsql"),
+            S::kSqlPrepare);
+  EXPECT_EQ(inspect("SELECT 1; DO $$ BEGIN PERFORM pg_try_advisory_lock(1); END $$"),
+            S::kAdvisoryLock);
+  EXPECT_TRUE(path("DO $$ BEGIN PERFORM set_config('search_path', 'a', false); END $$"));
+  EXPECT_TRUE(path("DO $$ BEGIN SET search_path TO a; END $$"));
+  for (const char* sql : {
+           "DO $$ BEGIN PERFORM pg_advisory_xact_lock(1); END $$",
+           "DO $$ DECLARE temp int; BEGIN temp := 1; END $$",
+           "DO $$ BEGIN UPDATE t SET hold = 1; END $$",
+           "DO $$ BEGIN RAISE NOTICE 'unlisten'; END $$",
+           "DOT",
+           "done",
+       }) {
+    EXPECT_EQ(inspect(sql), S::kNone) << sql;
+    EXPECT_FALSE(path(sql)) << sql;
+  }
+  // A function body is not a DO block: its text is not searched.
+  EXPECT_EQ(inspect("CREATE FUNCTION f() RETURNS void AS $$ SELECT pg_advisory_lock(1) $$ "
+                    "LANGUAGE sql"),
+            S::kNone);
+}
+
+TEST(SessionState, SetConfigAtEveryOffsetOfTheVectorPath) {
+  for (size_t len = 0; len < 40; ++len) {
+    std::string pad(len, ' ');
+    EXPECT_TRUE(path("SELECT" + pad + " set_config('search_path', 'a', false)")) << len;
+    EXPECT_TRUE(path("SELECT" + pad + " SET_CONFIG('search_path', 'a', false)")) << len;
+    EXPECT_FALSE(path("SELECT" + pad + " x_y FROM pgbench_accounts")) << len;
+  }
+}
+
+TEST(SessionState, SearchPathAfterAResetQuery) {
+  using A = SearchPathAfter;
+  EXPECT_EQ(searchPathAfter("DISCARD ALL"), A::kDefault);
+  EXPECT_EQ(searchPathAfter("RESET ALL; DEALLOCATE ALL"), A::kDefault);
+  EXPECT_EQ(searchPathAfter("reset search_path"), A::kDefault);
+  EXPECT_EQ(searchPathAfter("SET search_path TO DEFAULT"), A::kDefault);
+  EXPECT_EQ(searchPathAfter("SET SESSION search_path = default"), A::kDefault);
+  EXPECT_EQ(searchPathAfter("DEALLOCATE ALL"), A::kUnchanged);
+  EXPECT_EQ(searchPathAfter(""), A::kUnchanged);
+  EXPECT_EQ(searchPathAfter("SELECT 1"), A::kUnchanged);
+  EXPECT_EQ(searchPathAfter("SET LOCAL search_path TO a"), A::kUnchanged);
+  EXPECT_EQ(searchPathAfter("SET search_path TO a"), A::kChanged);
+  EXPECT_EQ(searchPathAfter("RESET ALL; SET search_path TO a"), A::kChanged);
+  EXPECT_EQ(searchPathAfter("SET search_path TO a; RESET ALL"), A::kDefault);
+  EXPECT_EQ(searchPathAfter("SET search_path TO default, a"), A::kChanged);
+  EXPECT_EQ(searchPathAfter("SELECT my_reset()"), A::kUnchanged);  // not seen: functions
 }
 
 TEST(SessionState, LabelsAndNames) {

@@ -15,7 +15,8 @@ namespace sluice::protocol {
 struct SqlToken {
   enum Type : uint8_t { kWord, kQuotedIdent, kLiteral, kPunct } type;
   // kWord: as written (compare with sqlWordIs()); kQuotedIdent: between the quotes, doubled
-  // quotes still doubled (sqlUnquote()); kPunct: the character; kLiteral: empty.
+  // quotes still doubled (sqlName()); kPunct: the character; kLiteral: the literal as written,
+  // quotes, prefix (E, B, X, N, U&) and dollar tags included (sqlStringValue()), or "$1".
   std::string_view text;
 };
 
@@ -46,6 +47,22 @@ inline std::string sqlName(const SqlToken& t) {
     }
   }
   return out;
+}
+
+// The value of a plain string literal token ('...', doubled quotes undone); false for any other
+// token, and for E'', U&'', B'', X'', N'' and dollar-quoted literals (their escapes are not
+// decoded here).
+inline bool sqlStringValue(const SqlToken& t, std::string* out) {
+  std::string_view r = t.text;
+  if (t.type != SqlToken::kLiteral || r.size() < 2 || r.front() != '\'' || r.back() != '\'') {
+    return false;
+  }
+  out->clear();
+  for (size_t k = 1; k + 1 < r.size(); ++k) {
+    out->push_back(r[k]);
+    if (r[k] == '\'' && k + 2 < r.size() && r[k + 1] == '\'') ++k;
+  }
+  return true;
 }
 
 // Calls f(tokens) for each non-empty statement (split at ';' outside quotes and comments);
@@ -98,8 +115,9 @@ void forEachSqlStatement(std::string_view s, F f) {
       if (!toks.empty() && f(toks)) return;
       toks.clear();
     } else if (c == '\'') {
+      size_t start = i;
       skipQuoted('\'', false);
-      toks.push_back({SqlToken::kLiteral, {}});
+      toks.push_back({SqlToken::kLiteral, s.substr(start, i - start)});
     } else if (c == '"') {
       size_t start = i;
       skipQuoted('"', false);
@@ -109,10 +127,11 @@ void forEachSqlStatement(std::string_view s, F f) {
     } else if (c == '$') {
       // $1 (a parameter) or $tag$ ... $tag$ (a dollar-quoted string).
       size_t j = i + 1;
+      size_t start = i;
       if (j < n && s[j] >= '0' && s[j] <= '9') {
         while (j < n && s[j] >= '0' && s[j] <= '9') ++j;
         i = j;
-        toks.push_back({SqlToken::kLiteral, {}});
+        toks.push_back({SqlToken::kLiteral, s.substr(start, i - start)});
         continue;
       }
       while (j < n && s[j] != '$' && sqlIdentChar(uint8_t(s[j]))) ++j;
@@ -123,7 +142,7 @@ void forEachSqlStatement(std::string_view s, F f) {
       } else {
         ++i;
       }
-      toks.push_back({SqlToken::kLiteral, {}});
+      toks.push_back({SqlToken::kLiteral, s.substr(start, i - start)});
     } else if (sqlIdentStart(c)) {
       size_t start = i;
       while (i < n && sqlIdentChar(uint8_t(s[i]))) ++i;
@@ -132,13 +151,15 @@ void forEachSqlStatement(std::string_view s, F f) {
           (sqlLower(word[0]) == 'e' || sqlLower(word[0]) == 'b' || sqlLower(word[0]) == 'x' ||
            sqlLower(word[0]) == 'n')) {
         skipQuoted('\'', sqlLower(word[0]) == 'e');  // E'..' takes backslash escapes
-        toks.push_back({SqlToken::kLiteral, {}});
+        toks.push_back({SqlToken::kLiteral, s.substr(start, i - start)});
       } else if (i < n && s[i] == '&' && word.size() == 1 && sqlLower(word[0]) == 'u' &&
                  i + 1 < n && (s[i + 1] == '\'' || s[i + 1] == '"')) {
         ++i;  // U&'...' or U&"..."
         char q = s[i];
         skipQuoted(q, false);
-        toks.push_back({q == '\'' ? SqlToken::kLiteral : SqlToken::kQuotedIdent, {}});
+        // A U&"..." identifier's escapes are not decoded: it never equals a name compared with.
+        toks.push_back({q == '\'' ? SqlToken::kLiteral : SqlToken::kQuotedIdent,
+                        q == '\'' ? s.substr(start, i - start) : std::string_view()});
       } else {
         toks.push_back({SqlToken::kWord, word});
       }

@@ -274,7 +274,9 @@ void ClientSession::closeWithError(const ErrorInfo& e, CloseReason reason) {
     pool_->cancelWait(wait_id_);
     wait_id_ = 0;
   }
-  if (server_) dropServer(std::string("client closed: ") + stats::closeReasonToken(reason));
+  if (server_ && !resetPinnedServer()) {
+    dropServer(std::string("client closed: ") + stats::closeReasonToken(reason));
+  }
   flushWrites();  // closeQuietly() follows once the error is written
 }
 
@@ -290,9 +292,22 @@ void ClientSession::closeQuietly(CloseReason reason, const std::string& detail) 
     pool_->cancelWait(wait_id_);
     wait_id_ = 0;
   }
-  if (server_ && pinned_ != protocol::SessionState::kNone && mode_ != config::PoolMode::kSession) {
-    // Its session state (a lock, LISTEN, a temporary table, ...) must not reach another client.
-    dropServer(std::string("client disconnected while pinned: ") +
+  if (server_ && reading_search_path_) {
+    // Its last transaction may have changed search_path and sluice is reading it back: the
+    // callback gives the server back once the answer came (a client that quits right after
+    // SET search_path or DISCARD ALL does not cost a server connection).
+    reading_search_path_ = false;
+    search_path_dirty_ = false;
+    rewriter_.reset();
+    held_total_s_ += secondsSince(server_since_);
+    server_->detach();
+    server_.reset();
+  }
+  if (server_ && !resetPinnedServer() && pinned_ != protocol::SessionState::kNone &&
+      mode_ != config::PoolMode::kSession) {
+    // In a transaction or a query: no reset can run now, and its session state (a lock,
+    // LISTEN, a temporary table, ...) must not reach another client.
+    dropServer(std::string("client disconnected while pinned, in a transaction or query: ") +
                protocol::sessionStateWhat(pinned_) + " may still be held");
   }
   if (pinned_ != protocol::SessionState::kNone && stats_) {
@@ -302,7 +317,9 @@ void ClientSession::closeQuietly(CloseReason reason, const std::string& detail) 
   if (server_) {
     if (serverClean() && server_->pendingCancels == 0 && was == State::kActive) {
       if (mode_ == config::PoolMode::kSession) {
-        // Session mode: reset the server's session state before another client gets it.
+        // Session mode: reset the server's session state before another client gets it. Its
+        // search_path was not followed: the reset decides what sluice knows of it.
+        server_->setTracked(protocol::kSearchPathSlot, protocol::kSearchPathUnknown);
         pool_->resetAndRelease(std::move(server_));
       } else {
         releaseServer();
@@ -407,6 +424,12 @@ bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
     std::string lk = k;
     std::transform(lk.begin(), lk.end(), lk.begin(), ::tolower);
     if (lk == "replication" && (v == "false" || v == "0" || v == "off" || v == "no")) continue;
+    if (lk == "search_path") {
+      // pgJDBC's currentSchema: PostgreSQL reads a startup value as set_config() would.
+      want_.set(protocol::kSearchPathSlot, protocol::searchPathValue(v));
+      want_given_[protocol::kSearchPathSlot] = true;
+      continue;
+    }
     // Since PostgreSQL 12 any extra_float_digits above 0 means the same shortest-exact output
     // the server default (1) gives, so JDBC's extra_float_digits=3 is safe to drop.
     if (lk == "extra_float_digits") continue;
@@ -656,6 +679,8 @@ void ClientSession::processClient() {
                        fmt::format("sluice: unknown message type '{}'", t));
         return;
     }
+    // A Parse refused under session_state = refuse: the rewriter answers it (below).
+    protocol::SessionState refuse_parse = protocol::SessionState::kNone;
     if (t == 'Q' || t == 'P') {
       // What SHOW HOLDERS and the leak warning show; capacity stays, so no allocation.
       if (!last_statement_) last_statement_ = std::make_unique<std::string>();
@@ -670,40 +695,58 @@ void ClientSession::processClient() {
             t == 'Q' ? data.substr(pos + protocol::kHeaderSize, need - protocol::kHeaderSize)
                      : diagnostics::statementText(data.substr(pos, need), need);
         if (t == 'Q' && !sql.empty() && sql.back() == '\0') sql.remove_suffix(1);
-        auto kind = protocol::inspectSessionState(sql);
-        if (kind != protocol::SessionState::kNone) {
-          if (t == 'Q' && settings().session_state == config::SessionStatePolicy::kRefuse) {
-            forward(pos);
-            refuseSessionState(kind);
-            size_t have = std::min(hdr->total(), data.size() - pos);
-            discard_left_ = hdr->total() - have;
-            pos += have;
-            fwd_start = pos;
-            continue;
+        auto effects = protocol::inspectSessionEffects(sql);
+        if (effects.state != protocol::SessionState::kNone) {
+          // A Parse can be refused only through the rewriter (max_prepared_statements > 0);
+          // without it, it is pinned (see docs/architecture.md).
+          if (settings().session_state == config::SessionStatePolicy::kRefuse &&
+              (t == 'Q' || rewrite_enabled_)) {
+            if (t == 'P') {
+              refuse_parse = effects.state;
+            } else {
+              forward(pos);
+              refuseSessionState(effects.state);
+              size_t have = std::min(hdr->total(), data.size() - pos);
+              discard_left_ = hdr->total() - have;
+              pos += have;
+              fwd_start = pos;
+              continue;
+            }
+          } else {
+            if (t == 'Q' && !pool_->tryPin()) {
+              // Pinned clients already hold their share of the pool: one more would take a
+              // server from the transactional clients for its whole session (LISTEN starvation).
+              forward(pos);
+              refuseWith(fmt::format("sluice: {} would pin this client to a server of pool {} for "
+                                     "the rest of its session, and {} clients already are "
+                                     "(max_pinned_servers = {}); the rest of the pool is kept "
+                                     "for transactions. Use a session-mode pool (pool_mode = "
+                                     "session on its own [databases] entry) for such clients, or "
+                                     "raise max_pinned_servers",
+                                     protocol::sessionStateWhat(effects.state), pool_->name(),
+                                     pool_->pinnedServers(), pool_->maxPinnedServers()),
+                         "too_many_connections");
+              size_t have = std::min(hdr->total(), data.size() - pos);
+              discard_left_ = hdr->total() - have;
+              pos += have;
+              fwd_start = pos;
+              continue;
+            }
+            if (t != 'Q') pool_->forcePin();  // the state reaches the server with this Parse
+            pin(effects.state);
           }
-          if (t == 'Q' && !pool_->tryPin()) {
-            // Pinned clients already hold their share of the pool: one more would take a
-            // server from the transactional clients for its whole session (LISTEN starvation).
-            forward(pos);
-            refuseWith(fmt::format("sluice: {} would pin this client to a server of pool {} for "
-                                   "the rest of its session, and {} clients already are "
-                                   "(max_pinned_servers = {}); the rest of the pool is kept "
-                                   "for transactions. Use a session-mode pool (pool_mode = "
-                                   "session on its own [databases] entry) for such clients, or "
-                                   "raise max_pinned_servers",
-                                   protocol::sessionStateWhat(kind), pool_->name(),
-                                   pool_->pinnedServers(), pool_->maxPinnedServers()),
-                       "too_many_connections");
-            size_t have = std::min(hdr->total(), data.size() - pos);
-            discard_left_ = hdr->total() - have;
-            pos += have;
-            fwd_start = pos;
-            continue;
-          }
-          if (t != 'Q') pool_->forcePin();
-          pin(kind);  // a Parse is pinned under refuse too (see docs/architecture.md)
+        }
+        if (effects.search_path || (t == 'P' && search_path_statements_)) {
+          noteSearchPathEffects(t, data.substr(pos, need), effects.search_path);
         }
       }
+    } else if (t == 'B' && search_path_statements_ && !search_path_dirty_ &&
+               pinned_ == protocol::SessionState::kNone) {
+      // A Bind of a statement whose Parse may change search_path (perhaps parsed in an earlier
+      // transaction): this transaction may change it too.
+      size_t need = std::min(hdr->total(), kMaxInspectedSql);
+      if (data.size() - pos < need) break;  // wait for the rest of its head
+      noteSearchPathEffects(t, data.substr(pos, need), false);
     }
     if (!rewriter_ && rewrite_enabled_ && t != 'Q' && t != 'F' && t != 'd' && t != 'c' &&
         t != 'f') {
@@ -740,6 +783,21 @@ void ClientSession::processClient() {
       std::string& rw_to_client = loopState().rw_to_client;
       rw_to_server.clear();
       rw_to_client.clear();
+      if (refuse_parse != protocol::SessionState::kNone && !rewriter_->skipping()) {
+        // In the Parse's place, one PostgreSQL refuses: the server skips to the Sync as after
+        // the client's own failed Parse, and the rewriter puts sluice's error where the
+        // ParseComplete would have been. (While the server skips, it ignores the Parse anyway.)
+        std::string error;
+        protocol::appendError(
+            error, makeError(sqlstate::kFeatureNotSupported, refusalMessage(refuse_parse)));
+        rewriter_->refuseParse(std::move(error), rw_to_server);
+        forward(pos);
+        server_->send(rw_to_server);
+        stats_->bytes_received.add(hdr->total());
+        pos += need;  // the whole Parse (Rewriter::clientBytesNeeded)
+        fwd_start = pos;
+        continue;
+      }
       auto action = rewriter_->onClientMessage(data.substr(pos, need), rw_to_server, rw_to_client);
       if (!rw_to_client.empty()) send(rw_to_client);
       if (action == protocol::Rewriter::Action::kWait) {
@@ -783,6 +841,65 @@ void ClientSession::processClient() {
   }
 }
 
+void ClientSession::noteSearchPathEffects(char type, std::string_view msg, bool changes) {
+  if (changes) search_path_dirty_ = true;
+  if (type == 'Q' || (!changes && !search_path_statements_)) return;
+  // Parse: statement name, query, ...; Bind: portal name, statement name, ...
+  std::string_view body = msg.substr(protocol::kHeaderSize);
+  if (type == 'B') body.remove_prefix(std::min(body.size(), body.find('\0') + 1));
+  std::string_view name = body.substr(0, body.find('\0'));
+  if (!search_path_statements_)
+    search_path_statements_ = std::make_unique<std::vector<std::string>>();
+  auto& names = *search_path_statements_;
+  auto it = std::find(names.begin(), names.end(), name);
+  if (type == 'B') {
+    if (it != names.end()) search_path_dirty_ = true;
+  } else if (changes && it == names.end()) {
+    names.emplace_back(name);
+  } else if (!changes && it != names.end()) {
+    names.erase(it);  // the name now holds another statement (or "" was parsed again)
+  }
+}
+
+void ClientSession::readSearchPathThenRelease() {
+  state_ = State::kSyncing;
+  reading_search_path_ = true;
+  auto self = shared_from_this();
+  auto server = server_;
+  server_->runInternal("SHOW search_path", [self, server](Status st) {
+    if (self->server_ != server) {
+      // The client left meanwhile and let go of the server (closeQuietly): it goes back to the
+      // pool with the value it has.
+      if (st && server->state() != ServerState::kClosed) {
+        server->setTracked(protocol::kSearchPathSlot,
+                           protocol::searchPathValue(server->internalValue()));
+        self->pool_->release(server);
+      } else if (server->state() != ServerState::kClosed) {
+        server->close("could not read search_path back: " + st.message());
+      }
+      return;
+    }
+    self->reading_search_path_ = false;
+    if (self->state_ != State::kSyncing) return;
+    if (!st) {
+      // The client's search_path is unknown now: it cannot be carried to another server.
+      self->closeWithError(self->server_->state() == ServerState::kClosed
+                               ? CloseReason::kServerLost
+                               : CloseReason::kParameterSyncFailed,
+                           "sluice: could not read search_path back from the server after a "
+                           "statement that may have changed it: " +
+                               st.message());
+      return;
+    }
+    self->search_path_dirty_ = false;
+    self->server_->setTracked(protocol::kSearchPathSlot,
+                              protocol::searchPathValue(self->server_->internalValue()));
+    self->releaseServer();
+    self->state_ = State::kIdle;
+    self->processClient();
+  });
+}
+
 void ClientSession::pin(protocol::SessionState kind) {
   pinned_ = kind;
   stats_->pins[protocol::sessionStateIndex(kind)].add();
@@ -797,19 +914,19 @@ void ClientSession::pin(protocol::SessionState kind) {
 // PostgreSQL itself raises the error: a DO block takes the Query's place, so the answer comes in
 // order after earlier pipelined queries, and an open transaction is aborted as the refused
 // statement would have aborted it (ReadyForQuery 'E'), exactly as on a direct connection.
+std::string ClientSession::refusalMessage(protocol::SessionState kind) const {
+  return fmt::format(
+      "sluice: {} is session state that transaction pooling cannot carry; refused because "
+      "session_state = refuse (pool {} has pool_mode = {}). Set session_state = pin to keep such "
+      "a client on one server connection, or use pool_mode = session for this database",
+      protocol::sessionStateWhat(kind), pool_->name(), config::poolModeName(mode_));
+}
+
 void ClientSession::refuseSessionState(protocol::SessionState kind) {
-  refuseWith(
-      fmt::format("sluice: {} is session state that transaction pooling cannot carry; "
-                  "refused because session_state = refuse (pool {} has pool_mode = {}). "
-                  "Set session_state = pin to keep such a client on one server "
-                  "connection, or use pool_mode = session for this database",
-                  protocol::sessionStateWhat(kind), pool_->name(), config::poolModeName(mode_)),
-      "feature_not_supported");
+  refuseWith(refusalMessage(kind), "feature_not_supported");
 }
 
 void ClientSession::refuseWith(const std::string& message, const char* errcode) {
-  // PostgreSQL raises it, in the place of the refused Query: the error arrives in protocol
-  // order and aborts a transaction block as any error would.
   std::string query;
   protocol::appendQuery(
       query, "DO " + protocol::quoteLiteral(
@@ -973,6 +1090,8 @@ void ClientSession::attachServer(std::shared_ptr<pool::ServerConn> server, TimeP
           "sluice: could not apply client parameters on the server: " + st.message());
       return;
     }
+    // PostgreSQL does not report search_path: the server has the client's value now.
+    self->server_->setTracked(protocol::kSearchPathSlot, self->want_[protocol::kSearchPathSlot]);
     self->startRelay();
     self->processClient();
   });
@@ -988,6 +1107,15 @@ std::string ClientSession::syncSql() {
   std::string sql;
   for (size_t i = 0; i < want_.size(); ++i) {
     if (have[i] == want_[i]) continue;
+    if (i == protocol::kSearchPathSlot) {
+      // The value as SHOW printed it (or a startup value) is what set_config() takes.
+      const std::string& v = want_[i];
+      sql += v.empty() || v[0] != '='
+                 ? std::string("SET search_path TO DEFAULT;")
+                 : "SELECT pg_catalog.set_config('search_path', " +
+                       protocol::quoteLiteral(std::string_view(v).substr(1)) + ", false);";
+      continue;
+    }
     std::string name = protocol::kTrackedParams[i];
     std::transform(name.begin(), name.end(), name.begin(), ::tolower);
     sql += "SET " + name + " TO " + protocol::quoteLiteral(want_[i]) + ";";
@@ -1022,8 +1150,12 @@ void ClientSession::onServerReady() {
   // passthrough_left_: part of the next message is already on its way to this server.
   if (mode_ != config::PoolMode::kSession && pinned_ == protocol::SessionState::kNone &&
       serverClean() && passthrough_left_ == 0) {
-    releaseServer(t);
-    state_ = State::kIdle;
+    if (search_path_dirty_ && server_->pendingCancels == 0) {
+      readSearchPathThenRelease();  // the client's new value, before another client's SET
+    } else {
+      releaseServer(t);
+      state_ = State::kIdle;
+    }
   }
   if (lazy_rewrite_waiting_) {
     // A message that needs the rewriter waited for this server to owe nothing.
@@ -1049,6 +1181,11 @@ void ClientSession::releaseServer(TimePoint t) {
   held_total_s_ += held;
   // Whatever the client changed with SET is its own from now on.
   if (server_->trackedVersion() != synced_version_) want_ = server_->tracked();
+  if (search_path_dirty_) {
+    // Not read back (the client is leaving): the next client sets it again.
+    server_->setTracked(protocol::kSearchPathSlot, protocol::kSearchPathUnknown);
+    search_path_dirty_ = false;
+  }
   if (settings().server_reset_query_always) {
     pool_->resetAndRelease(std::move(server_));
   } else {
@@ -1056,8 +1193,26 @@ void ClientSession::releaseServer(TimePoint t) {
   }
 }
 
+bool ClientSession::resetPinnedServer() {
+  if (pinned_ == protocol::SessionState::kNone || mode_ == config::PoolMode::kSession ||
+      !serverClean() || server_->pendingCancels > 0 || state_ != State::kActive) {
+    return false;
+  }
+  // DISCARD ALL (after server_reset_query) ends everything sluice pins for: advisory locks,
+  // LISTEN, temporary tables, cursors, prepared statements, SET ROLE / SESSION AUTHORIZATION
+  // and settings. The server goes back to the pool once it succeeded, or is closed.
+  rewriter_.reset();
+  search_path_dirty_ = false;
+  double held = secondsSince(server_since_);
+  stats_->hold_seconds.observe(held);
+  held_total_s_ += held;
+  pool_->resetAndRelease(std::move(server_), /*full=*/true);
+  return true;
+}
+
 void ClientSession::dropServer(const std::string& reason) {
   rewriter_.reset();
+  search_path_dirty_ = false;
   if (!server_) return;
   held_total_s_ += secondsSince(server_since_);  // a hold ended by closing the server counts too
   auto s = std::move(server_);
@@ -1067,6 +1222,7 @@ void ClientSession::dropServer(const std::string& reason) {
 
 void ClientSession::onServerGone(const ErrorInfo& error) {
   rewriter_.reset();
+  search_path_dirty_ = false;
   if (server_) held_total_s_ += secondsSince(server_since_);
   server_.reset();
   ErrorInfo e = error;
@@ -1114,6 +1270,10 @@ void ClientSession::onCancelRequest() {
       self->release_when_cancelled_ = false;
       if (self->server_ == server && self->serverClean() &&
           self->pinned_ == protocol::SessionState::kNone) {
+        if (self->search_path_dirty_) {
+          self->readSearchPathThenRelease();
+          return;
+        }
         self->releaseServer();
         if (self->state_ == State::kActive) self->state_ = State::kIdle;
         self->processClient();
@@ -1174,6 +1334,8 @@ void ClientSession::janitor(TimePoint t, const config::Settings& s) {
             stats_->hold_seconds.observe(held);
             held_total_s_ += held;
             bool reset = mode_ == config::PoolMode::kSession || s.server_reset_query_always;
+            // The reset may change search_path where sluice does not see it.
+            if (reset) server_->setTracked(protocol::kSearchPathSlot, protocol::kSearchPathUnknown);
             pool_->rollbackAndRelease(std::move(server_), reset);
           }
           closeWithError(CloseReason::kIdleTransactionTimeout,

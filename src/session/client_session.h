@@ -13,6 +13,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "auth/client_auth.h"
 #include "common/clock.h"
@@ -126,20 +127,26 @@ class ClientSession : public pool::PoolClient,
   void startRewriter();  // virtualize prepared statements from the next message on
   void noteRequest();    // a Query, Sync or FunctionCall went to the server
   // A Query or Parse creates session state transaction pooling cannot carry (session_state):
-  void pin(protocol::SessionState kind);  // keep this server until the client leaves
-  void refuseSessionState(protocol::SessionState kind);
+  void pin(protocol::SessionState kind);                 // keep this server until the client leaves
+  void refuseSessionState(protocol::SessionState kind);  // the Query fails in PostgreSQL (0A000)
+  std::string refusalMessage(protocol::SessionState kind) const;  // 0A000's text
   // Answers the Query being relayed with an ErrorResponse raised by PostgreSQL itself
   // (`errcode`: a condition name), instead of running it.
+  void refuseWith(const std::string& message, const char* errcode);
   // Keeps the wait id; while queued, watches the socket for the client hanging up (and leaves
   // its bytes unread). stopHangupWatch() when a server or an error comes.
   void waitFor(uint64_t wait_id);
   void stopHangupWatch();
-  void refuseWith(const std::string& message,
-                  const char* errcode);  // the Query fails in PostgreSQL
-  bool serverClean() const;              // nothing owed, no batch open, transaction idle
+  bool serverClean() const;  // nothing owed, no batch open, transaction idle
+  // The transaction may have changed search_path: read it back, then release (-> kSyncing).
+  void readSearchPathThenRelease();
+  // A Query, Parse or Bind may change search_path (see search_path_dirty_).
+  void noteSearchPathEffects(char type, std::string_view msg, bool changes);
   void attachServer(std::shared_ptr<pool::ServerConn> server, TimePoint t);  // t: now
   void releaseServer(TimePoint t = now());
   void dropServer(const std::string& reason);  // close it: its state is unknown
+  // A pinned client leaves: reset its server and give it back (false: it cannot be reset now).
+  bool resetPinnedServer();
   std::string syncSql();  // SETs that give the server this client's tracked values
   const config::Settings& settings() const;  // this loop's current snapshot
 
@@ -170,6 +177,9 @@ class ClientSession : public pool::PoolClient,
   // While attached (transaction pooling), from the first message that concerns a prepared
   // statement; on the heap so that idle clients do not carry it.
   std::unique_ptr<protocol::Rewriter> rewriter_;
+  // Names of the client's prepared statements ("" for the unnamed one) whose text may change
+  // search_path: a Bind of one marks the transaction (allocated at the first such Parse).
+  std::unique_ptr<std::vector<std::string>> search_path_statements_;
   uint64_t wait_id_ = 0;
 
   TimePoint connected_at_;
@@ -189,7 +199,7 @@ class ClientSession : public pool::PoolClient,
   State state_ = State::kStartup;
   stats::CloseReason close_reason_ = stats::CloseReason::kClientEof;
   config::PoolMode mode_ = config::PoolMode::kSession;
-  std::array<bool, protocol::kTrackedParams.size()> want_given_{};  // set at startup
+  std::array<bool, protocol::kTrackedSlots> want_given_{};  // set at startup
   bool is_admin_ = false;
   bool joined_pool_ = false;  // counted in the pool's clients
   bool admin_busy_ = false;   // an admin command is being answered
@@ -204,6 +214,10 @@ class ClientSession : public pool::PoolClient,
   bool lazy_rewrite_waiting_ = false;
   bool release_when_cancelled_ = false;  // release deferred until pending cancels finish
   protocol::SessionState pinned_ = protocol::SessionState::kNone;  // see pinned()
+  // Something sent to the current server since it was attached may have changed search_path
+  // (transaction and statement pooling): before the server goes back, sluice reads the value.
+  bool search_path_dirty_ = false;
+  bool reading_search_path_ = false;  // kSyncing: readSearchPathThenRelease() is waiting
 };
 
 }  // namespace sluice::session

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import re
+import struct
 import threading
 
 import asyncpg
 import psycopg
 import pytest
 
-from harness import free_port, wait_until
+import pgwire
+from harness import BackendSampler, free_port, wait_until
 from test_http import scrape, value
 
 DB = {"database": "appdb", "user": "sluice_md5"}
@@ -94,6 +96,18 @@ def check_role(p, pg, c):
     assert c.execute("SELECT current_user").fetchone() == ("pin_role",)
 
 
+# kind -> a check, on the next client of the same backend, that the state is gone
+GONE = {
+    "listen": "SELECT count(*) FROM pg_listening_channels()",
+    "advisory_lock": "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                     "AND pid = pg_backend_pid()",
+    "temp_table": "SELECT count(*) FROM pg_class WHERE relname = 'pin_tmp'",
+    "with_hold": "SELECT count(*) FROM pg_cursors",
+    "sql_prepare": "SELECT count(*) FROM pg_prepared_statements",
+    "session_authorization": "SELECT count(*) FROM (SELECT current_user) u "
+                             "WHERE current_user <> 'sluice_md5'",
+}
+
 KINDS = {
     "listen": (["LISTEN pin_jobs"], check_listen, "LISTEN"),
     "advisory_lock": (["SELECT pg_advisory_lock(4242)"], check_advisory,
@@ -136,10 +150,10 @@ def test_pin_keeps_session_state_and_the_server(poolers, pg, kind):
     first.close()
     assert second.done(10), "the second client never got a server after the first left"
     assert second.error is None, second.error
-    # The pinned server was closed (its state is unknown), not handed on.
-    assert second.result != pid
-    wait_until(lambda: pg.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
-                                  (pid,)) == [(0,)], 5, what="the pinned backend to close")
+    # The pinned server was reset (DISCARD ALL) and handed on: same backend, state gone.
+    assert second.result == pid
+    assert second.conn.execute(GONE[kind]).fetchone() == (0,)
+    assert second.conn.execute("SELECT current_user").fetchone() == ("sluice_md5",)
     second.close()
     assert value(scrape(p), "sluice_pool_pinned_clients", **DB) == 0
     lines = re.findall(r".*pinned to its server connection.*", p.log())
@@ -150,6 +164,45 @@ def test_pin_keeps_session_state_and_the_server(poolers, pg, kind):
     if kind == "advisory_lock":
         assert pg.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
                           "AND objid = 4242") == [(0,)]
+
+
+@sluice_only
+@pytest.mark.parametrize("reset_query", ["DISCARD ALL", "", "DEALLOCATE ALL"])
+def test_a_pinned_server_is_reset_and_reused_when_its_client_leaves(poolers, pg, reset_query):
+    """server_reset_query runs, then DISCARD ALL if it is not that already (with an empty one,
+    DISCARD ALL alone): the lock, the temporary table and sluice's prepared statements on that
+    backend are gone, and the next client gets the same backend, not a new one."""
+    p = start(poolers, query_wait_timeout=30, server_reset_query=reset_query)
+    with BackendSampler(pg, "sluice_md5") as sampler:
+        first = p.connect(application_name="pinner", prepare_threshold=0)
+        assert first.execute("SELECT %s::int * 2", (21,)).fetchone() == (42,)  # sluice_s1
+        pid = first.execute("SELECT pg_backend_pid()").fetchone()[0]
+        first.execute("SELECT pg_advisory_lock(4242)")
+        first.execute("CREATE TEMP TABLE pin_tmp (a int)")
+        first.close()
+        with p.connect(prepare_threshold=0) as second:
+            assert second.execute("SELECT pg_backend_pid()").fetchone()[0] == pid
+            assert pg.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") \
+                == [(0,)]
+            assert second.execute("SELECT to_regclass('pin_tmp') IS NULL").fetchone() == (True,)
+            # The statement map of that server was forgotten with DISCARD ALL: the same text is
+            # prepared again rather than bound to a statement that is gone.
+            assert second.execute("SELECT %s::int * 2", (4,)).fetchone() == (8,)
+    assert sampler.max <= 1, sampler.samples
+    assert "closing" not in "\n".join(line for line in p.log().splitlines() if "[S" in line)
+
+
+@sluice_only
+def test_a_pinned_client_leaving_inside_a_transaction_closes_its_server(poolers, pg):
+    p = start(poolers, query_wait_timeout=30)
+    first = p.connect()
+    pid = first.execute("SELECT pg_backend_pid()").fetchone()[0]
+    first.execute("LISTEN pin_jobs")
+    first.execute("BEGIN")
+    first.close()
+    with p.connect() as second:
+        assert second.execute("SELECT pg_backend_pid()").fetchone()[0] != pid
+        assert second.execute("SELECT count(*) FROM pg_listening_channels()").fetchone() == (0,)
 
 
 @sluice_only
@@ -168,8 +221,7 @@ def test_pin_is_logged_once_and_counted_by_its_first_kind(poolers, pg):
 @sluice_only
 def test_pin_from_an_extended_protocol_parse(poolers, pg):
     # psycopg sends a query with parameters as Parse/Bind/Execute: the Parse text pins.
-    # Under refuse a Parse is pinned too (documented): only simple Queries are refused.
-    p = start(poolers, session_state="refuse", query_wait_timeout=30)
+    p = start(poolers, query_wait_timeout=30)
     c = p.connect(application_name="ext")
     pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
     c.execute("SELECT pg_advisory_lock(%s)", (4242,))
@@ -178,6 +230,117 @@ def test_pin_from_an_extended_protocol_parse(poolers, pg):
         == [(pid,)]
     assert value(scrape(p), "sluice_pool_pins_total", kind="advisory_lock", **DB) == 1
     c.close()
+
+
+def _msg(kind: bytes, body: bytes) -> bytes:
+    return kind + struct.pack("!I", len(body) + 4) + body
+
+
+def _parse(name: str, sql: str) -> bytes:
+    return _msg(b"P", name.encode() + b"\0" + sql.encode() + b"\0" + struct.pack("!H", 0))
+
+
+def _bind(stmt: str) -> bytes:
+    return _msg(b"B", b"\0" + stmt.encode() + b"\0" + struct.pack("!HHH", 0, 0, 0))
+
+
+_EXECUTE = _msg(b"E", b"\0" + struct.pack("!I", 0))
+_SYNC = _msg(b"S", b"")
+
+
+def _until_ready(w) -> list:
+    out = []
+    while True:
+        kind, body = w.read_message()
+        out.append((kind, body))
+        if kind == b"Z":
+            return out
+
+
+@sluice_only
+def test_refuse_a_parse_in_protocol_order(poolers, pg):
+    """Under refuse, a Parse that would create session state gets the same 0A000 as a Query, in
+    the ParseComplete's place; PostgreSQL then skips the rest of the batch up to the Sync, as
+    after a Parse that failed on its own."""
+    p = start(poolers, session_state="refuse", query_wait_timeout=30)
+    with p.wire() as w:
+        w.sock.sendall(_parse("ok", "SELECT 41 + 1") + _bind("ok") + _EXECUTE
+                       + _parse("l", "LISTEN pin_jobs") + _bind("l") + _EXECUTE
+                       + _parse("", "SELECT 2") + _SYNC)
+        got = _until_ready(w)
+        assert [k for k, _ in got] == [b"1", b"2", b"D", b"C", b"E", b"Z"], got
+        err = pgwire._fields(got[4][1])
+        assert err["C"] == "0A000" and err["S"] == "ERROR", err
+        assert err["M"].startswith("sluice: LISTEN is session state"), err
+        assert "session_state = refuse" in err["M"], err
+        assert got[5][1] == b"I"
+        # The unnamed statement, inside a transaction: the refusal aborts it.
+        assert w.query("BEGIN").status == b"T"
+        w.sock.sendall(_parse("", "CREATE TEMP TABLE pin_tmp (a int)") + _bind("")
+                       + _EXECUTE + _SYNC)
+        got = _until_ready(w)
+        assert [k for k, _ in got] == [b"E", b"Z"] and got[1][1] == b"E", got
+        assert pgwire._fields(got[0][1])["M"].startswith("sluice: a temporary table")
+        w.query("ROLLBACK")
+        # The connection is usable; "ok" exists, "l" does not.
+        w.sock.sendall(_bind("ok") + _EXECUTE + _SYNC)
+        assert [k for k, _ in _until_ready(w)] == [b"2", b"D", b"C", b"Z"]
+        w.sock.sendall(_bind("l") + _EXECUTE + _SYNC)
+        got = _until_ready(w)
+        assert [k for k, _ in got] == [b"E", b"Z"]
+        assert pgwire._fields(got[0][1])["C"] == "26000"
+        # Nothing was created and nothing pinned: another client gets the only server.
+        with p.connect() as other:
+            assert other.execute("SELECT 1").fetchone() == (1,)
+            assert other.execute("SELECT pg_listening_channels()").fetchall() == []
+    assert value(scrape(p), "sluice_pool_pinned_clients", **DB) == 0
+
+
+@sluice_only
+def test_refuse_a_parse_from_psycopg(poolers, pg):
+    p = start(poolers, session_state="refuse", query_wait_timeout=30)
+    with p.connect(prepare_threshold=0) as c:
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+            c.execute("SELECT pg_advisory_lock(%s)", (4242,))
+        assert e.value.diag.message_primary.startswith("sluice: a session advisory lock")
+        assert c.execute("SELECT %s::int + 1", (41,)).fetchone() == (42,)
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            with c.transaction():
+                c.execute("SELECT 1")
+                c.execute("SELECT pg_try_advisory_lock(%s)", (4242,))
+        assert c.execute("SELECT %s::int", (3,)).fetchone() == (3,)
+    assert pg.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                      "AND objid = 4242") == [(0,)]
+    assert value(scrape(p), "sluice_pool_pins_total", kind="advisory_lock", **DB) == 0
+
+
+@sluice_only
+def test_refuse_pins_a_parse_when_prepared_statements_are_off(poolers, pg):
+    # max_prepared_statements = 0: no rewriter to answer in the Parse's place, so it is pinned.
+    p = start(poolers, session_state="refuse", max_prepared_statements=0)
+    with p.connect() as c:
+        c.execute("SELECT pg_advisory_lock(%s)", (4242,))
+        assert value(scrape(p), "sluice_pool_pins_total", kind="advisory_lock", **DB) == 1
+
+
+@sluice_only
+def test_do_blocks_that_create_state_pin_or_are_refused(poolers, pg):
+    """A DO block's body is searched for the same statements (also inside EXECUTE strings).
+    Functions called by name are not seen: their bodies are not in the query text."""
+    p = start(poolers, query_wait_timeout=30)
+    with p.connect() as c:
+        pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+        c.execute("DO $$BEGIN PERFORM pg_advisory_lock(4242); END$$")
+        assert value(scrape(p), "sluice_pool_pins_total", kind="advisory_lock", **DB) == 1
+        assert pg.execute("SELECT pid FROM pg_locks WHERE locktype = 'advisory' "
+                          "AND objid = 4242") == [(pid,)]
+    r = start(poolers, session_state="refuse")
+    with r.connect() as c:
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+            c.execute("DO $$BEGIN EXECUTE 'LISTEN ' || 'pin_jobs'; END$$")
+        assert e.value.diag.message_primary.startswith("sluice: LISTEN"), e.value
+        c.execute("DO $$DECLARE temp int; BEGIN temp := 1; END$$")  # only looks like state
+        assert c.execute("SELECT count(*) FROM pg_listening_channels()").fetchone() == (0,)
 
 
 @sluice_only
