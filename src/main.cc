@@ -6,6 +6,7 @@
 
 #include "common/log.h"
 #include "config/config.h"
+#include "pool/pool_registry.h"
 #include "server/app.h"
 #include "tools/check.h"
 #include "tools/stress.h"
@@ -72,7 +73,7 @@ int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape): CLI11 p
     // budget_check: do the configured pools fit each database's connection slots?
     auto cfg = sluice::config::loadConfig(config_path);
     const auto mode = cfg->settings.budget_check;
-    auto check_budgets = [cfg](bool to_stderr) {
+    auto check_budgets = [cfg](bool to_stderr, const sluice::tools::LoginGate* gate) {
       sluice::config::UserList users;
       if (!cfg->settings.auth_file.empty()) {
         try {
@@ -82,7 +83,7 @@ int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape): CLI11 p
         }
       }
       std::vector<std::string> unreachable;
-      auto problems = sluice::tools::budgetProblems(*cfg, users, 3000, &unreachable);
+      auto problems = sluice::tools::budgetProblems(*cfg, users, 3000, &unreachable, gate);
       for (const auto& p : problems) {
         if (to_stderr) {
           std::cerr << "sluice: budget_check: " << p << "\n";
@@ -93,17 +94,27 @@ int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape): CLI11 p
       }
       return problems.empty();
     };
-    if (mode == sluice::config::BudgetCheck::kRefuse && !check_budgets(true)) {
+    if (mode == sluice::config::BudgetCheck::kRefuse && !check_budgets(true, nullptr)) {
       std::cerr
           << "sluice: budget_check = refuse: not starting, the configured pools can exhaust "
              "a database (lower pool_size, set max_db_connections, or raise max_connections)\n";
       return 1;
     }
     sluice::server::App app(config_path);
-    std::jthread warn_thread;  // joined on the way out, however run() ends
     if (mode == sluice::config::BudgetCheck::kWarn) {
-      // In the background: a database that does not answer must not delay the start.
-      warn_thread = std::jthread([check_budgets] { check_budgets(false); });
+      // In the background: a database that does not answer must not delay the start. Each of
+      // its logins takes one of the database's login slots, as a pool's would.
+      app.onStarted([check_budgets, parallelism = cfg->settings.server_connect_parallelism](
+                        sluice::pool::PoolRegistry& pools) {
+        sluice::tools::LoginGate gate{
+            [&pools, parallelism](const std::string& db) {
+              while (!pools.tryTakeLoginSlot(db, parallelism)) {
+                std::this_thread::sleep_for(std::chrono::milliseconds(20));
+              }
+            },
+            [&pools](const std::string& db) { pools.releaseLoginSlot(db); }};
+        check_budgets(false, &gate);
+      });
     }
     return app.run();
   } catch (const sluice::config::ConfigError& e) {

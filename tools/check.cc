@@ -109,7 +109,7 @@ std::vector<Candidate> candidatesFor(const config::Config& cfg, const config::Da
 }  // namespace
 
 Survey surveyDatabases(const config::Config& cfg, const config::UserList& users, int timeout_ms,
-                       const std::string& application_name) {
+                       const std::string& application_name, const LoginGate* gate) {
   Survey sv;
   const auto& s = cfg.settings;
   for (const auto& db : cfg.databases) {
@@ -143,7 +143,9 @@ Survey surveyDatabases(const config::Config& cfg, const config::UserList& users,
     for (size_t i = 0; i < cands.size() && i < kMaxLoginAttempts; ++i) {
       ClientProtocol::Login login{
           cands[i].user, cands[i].secret, dbname, {{"application_name", application_name}}};
+      if (gate) gate->enter(db.name);
       auto res = runQueries(*ep, login, kServerQueries, std::chrono::milliseconds(timeout_ms));
+      if (gate) gate->leave(db.name);
       if (!res) {
         tried.push_back(fmt::format("{}: {}", cands[i].user, res.message()));
         continue;
@@ -167,8 +169,9 @@ Survey surveyDatabases(const config::Config& cfg, const config::UserList& users,
 }
 
 std::vector<std::string> budgetProblems(const config::Config& cfg, const config::UserList& users,
-                                        int timeout_ms, std::vector<std::string>* unreachable) {
-  Survey sv = surveyDatabases(cfg, users, timeout_ms, "sluice budget_check");
+                                        int timeout_ms, std::vector<std::string>* unreachable,
+                                        const LoginGate* gate) {
+  Survey sv = surveyDatabases(cfg, users, timeout_ms, "sluice budget_check", gate);
   std::vector<std::string> auth_users;
   for (const auto& [u, secret] : users.secrets) auth_users.push_back(u);
   std::vector<DatabasePlan> plans = planDatabases(cfg, auth_users, sv.login_roles);
@@ -207,7 +210,7 @@ int runCheck(const CheckOptions& opts) {
   for (const auto& w : cfg->warnings) std::cout << "warning: " << w << "\n";
 
   Survey sv;
-  if (opts.connect) sv = surveyDatabases(*cfg, users, opts.timeout_ms, "sluice check");
+  if (opts.connect) sv = surveyDatabases(*cfg, users, opts.timeout_ms, "sluice check", nullptr);
   for (const auto& line : sv.lines) std::cout << line << "\n";
   auto& facts = sv.facts;
   auto& login_roles = sv.login_roles;

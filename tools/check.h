@@ -3,6 +3,7 @@
 // calling thread, one blocking connection at a time.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <set>
 #include <string>
@@ -34,14 +35,21 @@ struct Survey {
   std::vector<std::string> lines;
   std::vector<std::string> unreachable;
 };
+// Around each login: a running sluice makes its own checks wait for a login slot of the
+// database (server_connect_parallelism), so they never add to a login storm.
+struct LoginGate {
+  std::function<void(const std::string& database)> enter;
+  std::function<void(const std::string& database)> leave;
+};
 Survey surveyDatabases(const config::Config& cfg, const config::UserList& users, int timeout_ms,
-                       const std::string& application_name);
+                       const std::string& application_name, const LoginGate* gate);
 
 // The budget check of `sluice serve` (budget_check): the problems `sluice check` reports as
 // errors for one instance (pools that can exceed a database's usable slots, or a role's or
 // database's connection limit), each naming the numbers. Blocking; `unreachable` gets the
 // databases that could not be read. Its connections are application_name "sluice budget_check".
 std::vector<std::string> budgetProblems(const config::Config& cfg, const config::UserList& users,
-                                        int timeout_ms, std::vector<std::string>* unreachable);
+                                        int timeout_ms, std::vector<std::string>* unreachable,
+                                        const LoginGate* gate);
 
 }  // namespace sluice::tools

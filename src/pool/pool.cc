@@ -104,7 +104,7 @@ bool Pool::mayOpenLocked(bool reserve) {
 void Pool::growLocked(net::EventLoop* loop, bool reserve) {
   // One connect per waiter not already covered by a login in flight. While the database is
   // down, only the janitor's probe connects.
-  while (!down_ && int(waiters_.size()) > login_ && mayOpenLocked(reserve)) {
+  while (!down_ && int(waiters_.size()) > login_ && !probingLocked() && mayOpenLocked(reserve)) {
     launchConnectLocked(loop ? loop : loops_[next_loop_++ % loops_.size()]);
   }
 }
@@ -115,7 +115,7 @@ void Pool::grow() {
 }
 
 void Pool::keepMinimumLocked() {
-  while (!down_ && total_ < settings_.min_pool_size && mayOpenLocked(false)) {
+  while (!down_ && total_ < settings_.min_pool_size && !probingLocked() && mayOpenLocked(false)) {
     launchConnectLocked(loops_[next_loop_++ % loops_.size()]);
   }
 }
@@ -149,6 +149,19 @@ bool Pool::tryPin() {
     if (pinned_.compare_exchange_weak(cur, cur + 1, std::memory_order_relaxed)) return true;
   }
   return false;
+}
+
+void Pool::forgetIdle(ServerConn* server) {
+  std::lock_guard lock(mu_);
+  for (auto& list : idle_) {
+    auto it = std::find_if(list.begin(), list.end(),
+                           [server](const auto& s) { return s.get() == server; });
+    if (it != list.end()) {
+      list.erase(it);
+      --idle_count_;
+      return;
+    }
+  }
 }
 
 void Pool::setHolders(std::string holders) {

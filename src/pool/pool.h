@@ -146,6 +146,9 @@ class Pool : public std::enable_shared_from_this<Pool> {
   // server, through server_reset_query first when `then_reset` (session mode); a server whose
   // ROLLBACK fails is closed. On the server's loop.
   void rollbackAndRelease(std::shared_ptr<ServerConn> server, bool then_reset);
+  // A server is closing (ServerConn::close): it leaves the idle list at once, though it counts
+  // until onServerClosed().
+  void forgetIdle(ServerConn* server);
   // Accounting when a server closes for any reason (called by ServerConn::close).
   void onServerClosed(ServerConn* server);
 
@@ -244,6 +247,9 @@ class Pool : public std::enable_shared_from_this<Pool> {
   std::string saturationMessageLocked() const;
   protocol::ErrorInfo unreachableErrorLocked() const;
   void backOffLocked();  // after a failed login: exponential, with jitter
+  // After a failed login, one login at a time until one succeeds: a full or struggling server
+  // gets a probe, not a round of server_connect_parallelism refusals.
+  bool probingLocked() const { return login_failures_ > 0 && login_ > 0; }
   void keepMinimumLocked();
 
   PoolRegistry* registry_;

@@ -637,6 +637,7 @@ void ServerConn::close(const std::string& reason) {
   // counts it taken (no phantom room); a backend that does not close within kDrainLimit is
   // counted gone anyway.
   draining_ = true;
+  pool_->forgetIdle(this);  // nobody may take it while it drains
   ::shutdown(fd_, SHUT_WR);
   if (timer_ != 0) loop_->cancelTimer(timer_);
   auto self = shared_from_this();

@@ -70,6 +70,9 @@ int App::run() {
     http_->start(s.http_listen);
   }
   listen();
+  if (on_started_) {
+    started_thread_ = std::jthread([this, fn = std::move(on_started_)] { fn(*pools_); });
+  }
   const std::string pidfile = s.pidfile;  // cfg_ (and `s`) may be replaced by a reload
   if (!pidfile.empty()) {
     std::ofstream(pidfile) << getpid() << "\n";

@@ -4,8 +4,10 @@
 #pragma once
 
 #include <asio.hpp>
+#include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "admin/admin_console.h"
@@ -24,6 +26,9 @@ class App : public admin::ControlPlane {
   ~App();
   // Runs until shutdown; returns the process exit code.
   int run();
+  // Work for a thread of its own once the pools exist and the ports listen (main's budget
+  // check); the thread is joined before the pools go away.
+  void onStarted(std::function<void(pool::PoolRegistry&)> fn) { on_started_ = std::move(fn); }
 
   // Control operations (admin console, signals). Thread-safe: they post to the control loop.
   void requestReload();
@@ -59,6 +64,8 @@ class App : public admin::ControlPlane {
   asio::steady_timer janitor_timer_{control_};
   std::vector<std::unique_ptr<net::EventLoop>> loops_;
   std::unique_ptr<pool::PoolRegistry> pools_;
+  std::function<void(pool::PoolRegistry&)> on_started_;
+  std::jthread started_thread_;  // after pools_: destroyed (joined) first
   session::SessionContext ctx_;
   std::unique_ptr<admin::AdminConsole> admin_;
   std::unique_ptr<http::HttpServer> http_;  // when http_listen is set

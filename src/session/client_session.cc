@@ -101,6 +101,7 @@ void ClientSession::waitFor(uint64_t wait_id) {
 void ClientSession::stopHangupWatch() {
   if (!watching_hangup_) return;
   watching_hangup_ = false;
+  if (state_ == State::kClosed || slot_ == nullptr) return;  // closed meanwhile
   read_in_flight_ = false;
   net::EventLoop::mayBeReadable(slot_);  // the watch left unread bytes in the kernel
 }
