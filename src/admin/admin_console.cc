@@ -472,8 +472,11 @@ constexpr int kConsolePoolSize = 2;
 
 std::string renderPools(session::SessionContext* ctx, const LoopSnapshot& all) {
   std::vector<std::pair<std::pair<std::string, std::string>, Row>> rows;
+  bool adaptive = ctx->pools->config()->settings.pool_size_mode == config::PoolSizeMode::kAdaptive;
+  std::map<std::pair<std::string, std::string>, int> limits;
   for (const auto& p : ctx->pools->all()) {
     auto st = p->stats();
+    limits[{st.database, st.user}] = st.limit;
     long long wait_us = static_cast<long long>(st.max_wait_s * 1e6);
     rows.push_back({{st.database, st.user},
                     {st.database, st.user, num(st.clients - st.waiting), num(st.waiting), num(0),
@@ -492,23 +495,32 @@ std::string renderPools(session::SessionContext* ctx, const LoopSnapshot& all) {
             [](const auto& a, const auto& b) { return a.first < b.first; });
   std::vector<Row> out;
   for (auto& r : rows) out.push_back(std::move(r.second));
-  return table({{"database", kText},
-                {"user", kText},
-                {"cl_active", kInt4},
-                {"cl_waiting", kInt4},
-                {"cl_active_cancel_req", kInt4},
-                {"cl_waiting_cancel_req", kInt4},
-                {"sv_active", kInt4},
-                {"sv_active_cancel", kInt4},
-                {"sv_being_canceled", kInt4},
-                {"sv_idle", kInt4},
-                {"sv_used", kInt4},
-                {"sv_tested", kInt4},
-                {"sv_login", kInt4},
-                {"maxwait", kInt4},
-                {"maxwait_us", kInt4},
-                {"pool_mode", kText}},
-               out);
+  std::vector<Column> columns = {{"database", kText},
+                                 {"user", kText},
+                                 {"cl_active", kInt4},
+                                 {"cl_waiting", kInt4},
+                                 {"cl_active_cancel_req", kInt4},
+                                 {"cl_waiting_cancel_req", kInt4},
+                                 {"sv_active", kInt4},
+                                 {"sv_active_cancel", kInt4},
+                                 {"sv_being_canceled", kInt4},
+                                 {"sv_idle", kInt4},
+                                 {"sv_used", kInt4},
+                                 {"sv_tested", kInt4},
+                                 {"sv_login", kInt4},
+                                 {"maxwait", kInt4},
+                                 {"maxwait_us", kInt4},
+                                 {"pool_mode", kText}};
+  if (adaptive) {
+    // pool_size_mode = adaptive: how many servers each pool may have in use right now. Only
+    // then, so that a PgBouncer configuration gets PgBouncer's columns exactly.
+    columns.push_back({"sluice_limit", kInt4});
+    for (auto& row : out) {
+      auto it = limits.find({row[0].value_or(""), row[1].value_or("")});
+      row.push_back(it == limits.end() ? Value() : num(it->second));
+    }
+  }
+  return table(columns, out);
 }
 
 // Every [databases] entry, the databases "*" has produced pools for, and the console.
@@ -639,6 +651,7 @@ std::string configValue(config::PoolMode v) { return config::poolModeName(v); }
 std::string configValue(config::AuthType v) { return config::authTypeName(v); }
 std::string configValue(config::SessionStatePolicy v) { return config::sessionStatePolicyName(v); }
 std::string configValue(config::BudgetCheck v) { return config::budgetCheckName(v); }
+std::string configValue(config::PoolSizeMode v) { return config::poolSizeModeName(v); }
 std::string configValue(config::Duration v) {  // seconds, as PgBouncer writes them
   if (v.count() % 1000 == 0) return std::to_string(v.count() / 1000);
   return fmt::format("{:g}", v.count() / 1000.0);
@@ -734,6 +747,7 @@ const std::vector<ConfigKey>& configKeys() {
         key("codel_interval", &S::codel_interval),
         key("codel_deadline", &S::codel_deadline),
         key("budget_check", &S::budget_check),
+        key("pool_size_mode", &S::pool_size_mode),
     };
     std::sort(k.begin(), k.end(), [](const ConfigKey& a, const ConfigKey& b) {
       return std::string_view(a.name) < b.name;

@@ -43,6 +43,10 @@ constexpr std::pair<std::string_view, BudgetCheck> kBudgetChecks[] = {
     {"warn", BudgetCheck::kWarn},
     {"refuse", BudgetCheck::kRefuse},
 };
+constexpr std::pair<std::string_view, PoolSizeMode> kPoolSizeModes[] = {
+    {"fixed", PoolSizeMode::kFixed},
+    {"adaptive", PoolSizeMode::kAdaptive},
+};
 constexpr std::pair<std::string_view, double> kDurationUnitsMs[] = {
     {"", 1000}, {"s", 1000}, {"ms", 1}, {"us", 0.001}, {"min", 60e3}, {"h", 3600e3}, {"d", 86400e3},
 };
@@ -256,7 +260,7 @@ struct ListSetting {
 using SettingField =
     std::variant<IntSetting, ListSetting, bool Settings::*, Duration Settings::*,
                  std::string Settings::*, PoolMode Settings::*, AuthType Settings::*,
-                 SessionStatePolicy Settings::*, BudgetCheck Settings::*>;
+                 SessionStatePolicy Settings::*, BudgetCheck Settings::*, PoolSizeMode Settings::*>;
 struct SettingSpec {
   std::string_view name;
   SettingField field;
@@ -338,6 +342,7 @@ const SettingSpec kSettingSpecs[] = {
     {"codel_interval", &Settings::codel_interval},
     {"codel_deadline", &Settings::codel_deadline},
     {"budget_check", &Settings::budget_check},
+    {"pool_size_mode", &Settings::pool_size_mode},
 };
 
 template <typename... F>
@@ -378,6 +383,13 @@ void applySetting(Settings& s, const SettingField& field, std::string_view key,
                      throwBadValue(where, key, value, "expected off, warn or refuse");
                    }
                    s.*f = *check;
+                 },
+                 [&](PoolSizeMode Settings::*f) {
+                   std::optional<PoolSizeMode> mode = lookup(kPoolSizeModes, value);
+                   if (!mode) {
+                     throwBadValue(where, key, value, "expected fixed or adaptive");
+                   }
+                   s.*f = *mode;
                  },
              },
              field);
@@ -629,6 +641,7 @@ const char* sessionStatePolicyName(SessionStatePolicy p) {
   return nameOf(kSessionStatePolicies, p);
 }
 const char* budgetCheckName(BudgetCheck b) { return nameOf(kBudgetChecks, b); }
+const char* poolSizeModeName(PoolSizeMode m) { return nameOf(kPoolSizeModes, m); }
 
 const DatabaseEntry* Config::findDatabase(const std::string& name) const {
   const DatabaseEntry* fallback = nullptr;

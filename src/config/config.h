@@ -25,11 +25,15 @@ enum class SessionStatePolicy { kPin, kRefuse };
 // What `sluice serve` does when the configured pools can exceed a database's connection slots:
 // nothing, log a warning per problem, or refuse to start.
 enum class BudgetCheck { kOff, kWarn, kRefuse };
+// How many of a pool's servers may be in use at once: pool_size, or a limit between
+// min_pool_size and pool_size learned from transaction latency (overload/adaptive_limit.h).
+enum class PoolSizeMode { kFixed, kAdaptive };
 
 const char* poolModeName(PoolMode m);
 const char* authTypeName(AuthType a);
 const char* sessionStatePolicyName(SessionStatePolicy p);
 const char* budgetCheckName(BudgetCheck b);
+const char* poolSizeModeName(PoolSizeMode m);
 
 // One line of [databases]. Unset optionals fall back to [pgbouncer] settings.
 struct DatabaseEntry {
@@ -144,6 +148,7 @@ struct Settings {
   // At start, compare the pools' worst case with each database's max_connections (less the
   // reserved slots) and role/database connection limits, as `sluice check` does.
   BudgetCheck budget_check = BudgetCheck::kWarn;
+  PoolSizeMode pool_size_mode = PoolSizeMode::kFixed;
   SessionStatePolicy session_state = SessionStatePolicy::kPin;
 };
 

@@ -209,6 +209,10 @@ std::string renderMetrics(const session::SessionContext& ctx, const admin::Usage
   perPool("sluice_pool_queue_standing", "gauge",
           "1 while CoDel finds the wait queue standing (newest served first, stale ones shed)",
           [](const PoolSample& s) { return s.st.standing ? 1 : 0; });
+  perPool("sluice_pool_server_limit", "gauge",
+          "Servers the pool may have in use at once: pool_size, or with pool_size_mode = adaptive "
+          "the limit learned from transaction latency",
+          [](const PoolSample& s) { return s.st.limit; });
   perPool("sluice_pool_warming", "gauge",
           "1 until the pool has opened its min_pool_size servers once since start",
           [](const PoolSample& s) { return s.st.warming ? 1 : 0; });

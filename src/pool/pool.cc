@@ -22,6 +22,7 @@ Pool::Pool(PoolRegistry* registry, std::string database, std::string user, PoolS
       idle_(loops.size()) {
   for (size_t i = 0; i < loops.size(); ++i) shards_.push_back(std::make_unique<PoolShard>());
   codel_.configure(settings_.codel_target, settings_.codel_interval);
+  adaptive_.configure(settings_.min_pool_size, settings_.pool_size);
   budget_shared_.store(settings_.max_db_connections > 0 || settings_.max_user_connections > 0,
                        std::memory_order_relaxed);
   warmed_ = settings_.min_pool_size == 0;
@@ -46,6 +47,7 @@ void Pool::applySettings(PoolSettings settings) {
                        settings.login.user != settings_.login.user;
   settings_ = std::move(settings);
   codel_.configure(settings_.codel_target, settings_.codel_interval);
+  adaptive_.configure(settings_.min_pool_size, settings_.pool_size);
   budget_shared_.store(settings_.max_db_connections > 0 || settings_.max_user_connections > 0,
                        std::memory_order_relaxed);
   if (login_changed) {
@@ -104,7 +106,8 @@ bool Pool::mayOpenLocked(bool reserve) {
 void Pool::growLocked(net::EventLoop* loop, bool reserve) {
   // One connect per waiter not already covered by a login in flight. While the database is
   // down, only the janitor's probe connects.
-  while (!down_ && int(waiters_.size()) > login_ && !probingLocked() && mayOpenLocked(reserve)) {
+  while (!down_ && int(waiters_.size()) > login_ && !probingLocked() && !atAdaptiveLimitLocked() &&
+         mayOpenLocked(reserve)) {
     launchConnectLocked(loop ? loop : loops_[next_loop_++ % loops_.size()]);
   }
 }
@@ -149,6 +152,24 @@ bool Pool::tryPin() {
     if (pinned_.compare_exchange_weak(cur, cur + 1, std::memory_order_relaxed)) return true;
   }
   return false;
+}
+
+void Pool::serveWithinLimitLocked(
+    std::vector<std::pair<std::shared_ptr<PoolClient>, std::shared_ptr<ServerConn>>>& out) {
+  while (!paused_ && !waiters_.empty() && idle_count_ > 0 && activeLocked() < adaptive_.limit()) {
+    std::shared_ptr<ServerConn> s;
+    for (auto& list : idle_) {
+      if (list.empty()) continue;
+      s = std::move(list.back());
+      list.pop_back();
+      break;
+    }
+    --idle_count_;
+    auto w = waiters_.pop(codel_.standing());
+    // Its own loop marks it kMigrating or kActive when it hands it over (see deliver()).
+    s->setState(ServerConn::State::kMigrating);
+    out.emplace_back(std::move(w->value.client), std::move(s));
+  }
 }
 
 void Pool::forgetIdle(ServerConn* server) {
@@ -196,7 +217,8 @@ Pool::AcquireResult Pool::acquire(const std::shared_ptr<PoolClient>& client,
   net::EventLoop* loop = client->clientLoop();
   std::unique_lock lock(mu_);
   auto& local = idle_[loop->index()];
-  if (!paused_ && !local.empty() && waiters_.empty()) {
+  if (!paused_ && !local.empty() && waiters_.empty() &&
+      (!settings_.adaptive || activeLocked() < adaptive_.limit())) {
     // Most recently used first, so surplus servers age out; server_round_robin spreads the
     // load over all of them instead.
     std::shared_ptr<ServerConn> s;
@@ -225,7 +247,8 @@ Pool::AcquireResult Pool::acquire(const std::shared_ptr<PoolClient>& client,
   }
   uint64_t id = next_wait_id_++;
   waiters_.push(id, fair_key, now(), Waiter{client});
-  if (waiters_.size() == 1 && !paused_) {
+  if (waiters_.size() == 1 && !paused_ &&
+      (!settings_.adaptive || activeLocked() < adaptive_.limit())) {
     // Nobody was ahead: take an idle server on another loop, or grow the pool.
     for (size_t i = 0; i < idle_.size(); ++i) {
       if (idle_[i].empty()) continue;
@@ -286,6 +309,8 @@ void Pool::deliver(std::shared_ptr<PoolClient> client, std::shared_ptr<ServerCon
 }
 
 void Pool::release(std::shared_ptr<ServerConn> server, TimePoint t) {
+  // A client's lease ends here (not a fresh login's or a reset's): attach() stamped its start.
+  TimePoint leased = server->attached() ? server->lastUsed() : TimePoint{};
   server->detach(t);
   // A budget shared with other pools: a client of another pool that has waited longer than
   // anyone here gets this slot (the server closes, that pool connects). Looked up before taking
@@ -295,6 +320,9 @@ void Pool::release(std::shared_ptr<ServerConn> server, TimePoint t) {
     elsewhere = registry_->oldestBlockedWaiter(database_, user_, this);
   }
   std::unique_lock lock(mu_);
+  if (settings_.adaptive && leased != TimePoint{}) {
+    adaptive_.sample(t, std::chrono::duration<double>(t - leased).count(), activeLocked());
+  }
   if (elsewhere) {
     auto mine = waiters_.oldest();
     if (!mine || *elsewhere < *mine) {
@@ -314,7 +342,8 @@ void Pool::release(std::shared_ptr<ServerConn> server, TimePoint t) {
                             : "pool shrank");
     return;
   }
-  if (auto w = waiters_.pop(codel_.standing())) {
+  bool within_limit = !settings_.adaptive || activeLocked() <= adaptive_.limit();
+  if (auto w = within_limit ? waiters_.pop(codel_.standing()) : std::nullopt) {
     codel_.sample(t, std::chrono::duration_cast<Millis>(t - w->since));
     if (waiters_.empty()) codel_.onEmpty();
     server->setState(ServerConn::State::kMigrating);
@@ -534,6 +563,7 @@ void Pool::janitor(TimePoint t) {
   std::vector<std::shared_ptr<ServerConn>> to_close;
   std::vector<std::shared_ptr<PoolClient>> timed_out;
   std::vector<std::shared_ptr<PoolClient>> shed;
+  std::vector<std::pair<std::shared_ptr<PoolClient>, std::shared_ptr<ServerConn>>> handovers;
   ErrorInfo timeout_err;
   ErrorInfo shed_err;
   {
@@ -602,6 +632,8 @@ void Pool::janitor(TimePoint t) {
         }
       }
     }
+    // The adaptive limit rose, or servers went idle above it: idle servers go to waiters.
+    if (settings_.adaptive) serveWithinLimitLocked(handovers);
     // Grow: one connect per waiter not yet covered; the reserve pool after its timeout.
     if (!waiters_.empty()) {
       bool reserve = !waiters_.arrivedBefore(t - settings_.reserve_pool_timeout).empty();
@@ -621,6 +653,7 @@ void Pool::janitor(TimePoint t) {
     failWaiters(std::move(timed_out), timeout_err, stats::CloseReason::kQueryWaitTimeout);
   }
   if (!shed.empty()) failWaiters(std::move(shed), shed_err, stats::CloseReason::kOverloadShed);
+  for (auto& [client, server] : handovers) deliver(std::move(client), std::move(server));
   bool blocked = false;
   bool by_db = false;
   bool by_user = false;
@@ -688,6 +721,7 @@ PoolStats Pool::stats() const {
   st.warming = !warmed_ && settings_.min_pool_size > 0;
   st.standing = codel_.standing();
   st.down = down_;
+  st.limit = settings_.adaptive ? adaptive_.limit() : settings_.pool_size;
   return st;
 }
 

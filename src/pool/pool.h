@@ -20,6 +20,7 @@
 #include "common/clock.h"
 #include "config/config.h"
 #include "net/event_loop.h"
+#include "overload/adaptive_limit.h"
 #include "overload/codel.h"
 #include "overload/wait_queue.h"
 #include "pool/server_conn.h"
@@ -65,6 +66,7 @@ struct PoolSettings {
   int server_connect_parallelism = 4;  // per database (the PoolRegistry counts)
   int max_waiting_clients = 0;         // 0 = unlimited
   int max_pinned_servers = -1;         // -1: half of pool_size (at least 1)
+  bool adaptive = false;               // pool_size_mode = adaptive
   Millis codel_target{0};              // 0 = CoDel off
   Millis codel_interval{1000};
   Millis codel_deadline{1000};
@@ -87,6 +89,7 @@ struct PoolStats {
   bool warming = false;   // min_pool_size not reached yet since start (/readyz waits for it)
   bool standing = false;  // CoDel: the wait queue is standing (newest served first)
   bool down = false;      // server logins keep failing: waiting and new clients fail fast
+  int limit = 0;          // servers that may be in use at once: pool_size, or the adaptive limit
   int stale = 0;          // servers from before the last RECONNECT/reload, closing when released
 };
 
@@ -250,6 +253,13 @@ class Pool : public std::enable_shared_from_this<Pool> {
   // After a failed login, one login at a time until one succeeds: a full or struggling server
   // gets a probe, not a round of server_connect_parallelism refusals.
   bool probingLocked() const { return login_failures_ > 0 && login_ > 0; }
+  int activeLocked() const { return total_ - idle_count_ - login_; }
+  // pool_size_mode = adaptive: as many servers are in use (or logging in) as the limit allows.
+  bool atAdaptiveLimitLocked() const {
+    return settings_.adaptive && activeLocked() + login_ >= adaptive_.limit();
+  }
+  void serveWithinLimitLocked(
+      std::vector<std::pair<std::shared_ptr<PoolClient>, std::shared_ptr<ServerConn>>>& out);
   void keepMinimumLocked();
 
   PoolRegistry* registry_;
@@ -288,8 +298,9 @@ class Pool : public std::enable_shared_from_this<Pool> {
   TimePoint last_backoff_at_{};  // logins launched before it belong to the round that failed
   bool warmed_ = false;          // min_pool_size was reached once
   overload::Codel codel_{Millis(0), Millis(1000)};
-  std::string holders_;                   // see setHolders()
-  uint64_t rng_ = 0x9e3779b97f4a7c15ULL;  // the backoff's jitter (xorshift)
+  overload::AdaptiveLimit adaptive_{1, 20};  // used with settings_.adaptive
+  std::string holders_;                      // see setHolders()
+  uint64_t rng_ = 0x9e3779b97f4a7c15ULL;     // the backoff's jitter (xorshift)
   uint64_t next_wait_id_ = 1;
   bool budget_blocked_ = false;  // waiters could not get a connect because a shared budget is full
   size_t next_loop_ = 0;         // round robin for pre-warming

@@ -72,6 +72,7 @@ PoolSettings PoolRegistry::resolve(const config::Config& cfg, const config::User
   p.server_connect_parallelism = s.server_connect_parallelism;
   p.max_waiting_clients = s.max_waiting_clients;
   p.max_pinned_servers = s.max_pinned_servers;
+  p.adaptive = s.pool_size_mode == config::PoolSizeMode::kAdaptive;
   p.codel_target = s.codel_target;
   p.codel_interval = s.codel_interval;
   p.codel_deadline = s.codel_deadline;

@@ -144,6 +144,7 @@ class ServerConn : public net::IoWatcher, public std::enable_shared_from_this<Se
   int fd() const { return fd_; }
   TimePoint createdAt() const { return created_at_; }
   TimePoint lastUsed() const { return last_used_; }
+  bool attached() const { return listener_ != nullptr; }  // lent to a client right now
   void touch() { last_used_ = now(); }
   std::string describe() const;  // "[S12 db/user@host:port pid=1234]"
   int pendingCancels = 0;        // cancel requests in flight for this server's current query

@@ -297,3 +297,42 @@ def test_a_shared_budget_serves_the_longest_waiter_not_the_first_pool(poolers, p
     # Served by who waited longest, each pool gets turns in proportion to its waiting clients.
     # (Before, whichever pool got the slot first kept it: A 0, B 98.)
     assert a_done >= 5 and len(b_done) >= 3, (a_done, len(b_done))
+
+
+def test_adaptive_pool_size_shrinks_under_cpu_contention_and_serves_everyone(poolers, pg):
+    """pool_size_mode = adaptive, pool 16, 16 clients running CPU-bound queries on a 2-core
+    machine: each query takes many times longer when 16 run at once than when 2 do, so the limit
+    must come down from 16 (PostgreSQL was queueing the work on its CPUs), and every query still
+    succeeds. The limit is in /metrics and in SHOW POOLS."""
+    p = start(poolers, pool_size_mode="adaptive", default_pool_size=16, min_pool_size=1,
+              query_wait_timeout=60)
+    stop = time.monotonic() + 8
+    limits = []
+
+    def watch():
+        while time.monotonic() < stop:
+            v = metric(p, "sluice_pool_server_limit")
+            if v > 0:  # 0 until the pool exists
+                limits.append(v)
+            time.sleep(0.2)
+    wt = threading.Thread(target=watch, daemon=True)
+    wt.start()
+
+    def work(i):
+        n = 0
+        with p.connect(application_name="crunch") as c:
+            while time.monotonic() < stop:
+                c.execute("SELECT count(*) FROM generate_series(1, 200000)")
+                n += 1
+        return n
+    results = run_threads(work, 16, timeout=90)
+    wt.join(5)
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    assert sum(results) > 0
+    print(f"adaptive limit over the run: {limits}")
+    # It starts at the minimum and grows while latency stays near its base; on 2 cores, 16
+    # concurrent CPU-bound queries take several times longer, so it never reaches 16.
+    assert limits and max(limits[len(limits) // 2:]) < 16, limits
+    assert min(limits) >= 1
+    row = p.admin("SHOW POOLS")[0]
+    assert "sluice_limit" in row and 1 <= row["sluice_limit"] <= 16, row
