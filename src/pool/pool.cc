@@ -95,11 +95,11 @@ bool Pool::mayOpenLocked(bool reserve) {
   if (!registry_->tryTakeLoginSlot(database_, settings_.server_connect_parallelism)) return false;
   if (registry_->tryTakeBudget(database_, user_, settings_.max_db_connections,
                                settings_.max_user_connections)) {
-    budget_blocked_ = false;
+    setBudgetBlockedLocked(false);
     return true;
   }
   registry_->releaseLoginSlot(database_);
-  budget_blocked_ = true;
+  setBudgetBlockedLocked(true);
   return false;
 }
 
@@ -139,6 +139,12 @@ void Pool::backOffLocked() {
   retry_at_ = now() + Millis(half + (half > 0 ? (long long)(rng_ % uint64_t(half + 1)) : 0));
 }
 
+void Pool::setBudgetBlockedLocked(bool blocked) {
+  if (blocked == budget_blocked_) return;
+  budget_blocked_ = blocked;
+  registry_->noteBudgetBlocked(blocked);
+}
+
 int Pool::maxPinnedServers() const {
   std::lock_guard lock(mu_);
   if (settings_.max_pinned_servers >= 0) return settings_.max_pinned_servers;
@@ -174,6 +180,10 @@ void Pool::serveWithinLimitLocked(
 
 void Pool::forgetIdle(ServerConn* server) {
   std::lock_guard lock(mu_);
+  removeIdleLocked(server);
+}
+
+void Pool::removeIdleLocked(ServerConn* server) {
   for (auto& list : idle_) {
     auto it = std::find_if(list.begin(), list.end(),
                            [server](const auto& s) { return s.get() == server; });
@@ -316,7 +326,7 @@ void Pool::release(std::shared_ptr<ServerConn> server, TimePoint t) {
   // anyone here gets this slot (the server closes, that pool connects). Looked up before taking
   // mu_, since it locks the other pools.
   std::optional<TimePoint> elsewhere;
-  if (budget_shared_.load(std::memory_order_relaxed)) {
+  if (budget_shared_.load(std::memory_order_relaxed) && registry_->anyBudgetBlocked()) {
     elsewhere = registry_->oldestBlockedWaiter(database_, user_, this);
   }
   std::unique_lock lock(mu_);
@@ -426,15 +436,7 @@ void Pool::onServerClosed(ServerConn* server) {
     std::lock_guard lock(mu_);
     --total_;
     if (server->generation == generation_) --current_generation_;
-    for (auto& list : idle_) {
-      auto it = std::find_if(list.begin(), list.end(),
-                             [server](const auto& s) { return s.get() == server; });
-      if (it != list.end()) {
-        list.erase(it);
-        --idle_count_;
-        break;
-      }
-    }
+    removeIdleLocked(server);  // if it was idle (close() usually took it out already)
     registry_->releaseBudget(database_, user_);
     shared = settings_.max_db_connections > 0 || settings_.max_user_connections > 0;
     // Whoever waits gets a fresh connect in place of the one that closed; a slot of a budget
@@ -660,7 +662,7 @@ void Pool::janitor(TimePoint t) {
   {
     std::lock_guard lock(mu_);
     blocked = budget_blocked_ && !waiters_.empty();
-    if (waiters_.empty()) budget_blocked_ = false;  // else until a connect gets a slot
+    if (waiters_.empty()) setBudgetBlockedLocked(false);  // else until a connect gets a slot
     by_db = settings_.max_db_connections > 0;
     by_user = settings_.max_user_connections > 0;
   }

@@ -261,6 +261,9 @@ class Pool : public std::enable_shared_from_this<Pool> {
   void serveWithinLimitLocked(
       std::vector<std::pair<std::shared_ptr<PoolClient>, std::shared_ptr<ServerConn>>>& out);
   void keepMinimumLocked();
+  void setBudgetBlockedLocked(bool blocked);
+  void removeIdleLocked(ServerConn* server);  // from its idle list, if it is in one  //
+                                              // budget_blocked_, counted in the registry too
 
   PoolRegistry* registry_;
   const std::string database_;

@@ -4,6 +4,7 @@
 // sit behind one short mutex; lock order is Pool::mu_ before budget_mu_.
 #pragma once
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -47,6 +48,14 @@ class PoolRegistry {
   // among those sharing db's or user's budget gets to connect (PgBouncer serves such pools in a
   // fixed order and can starve all but the first). Call without any pool's mutex.
   void growLongestWaiting(const std::string& db, const std::string& user);
+  // How many pools have clients waiting on a full shared budget; while none does, a release
+  // need not look at other pools (the common case costs one atomic load).
+  void noteBudgetBlocked(bool blocked) {
+    budget_blocked_pools_.fetch_add(blocked ? 1 : -1, std::memory_order_relaxed);
+  }
+  bool anyBudgetBlocked() const {
+    return budget_blocked_pools_.load(std::memory_order_relaxed) > 0;
+  }
   // The oldest waiter among the other pools sharing db's or user's budget whose clients wait
   // for lack of a budget slot. Call without any pool's mutex.
   std::optional<TimePoint> oldestBlockedWaiter(const std::string& db, const std::string& user,
@@ -87,6 +96,7 @@ class PoolRegistry {
   std::map<std::string, int> user_used_;  // GUARDED_BY(budget_mu_)
   std::map<std::string, int> logins_;     // GUARDED_BY(budget_mu_), per database
   std::atomic<uint64_t> next_server_id_{1};
+  std::atomic<int> budget_blocked_pools_{0};
 };
 
 }  // namespace sluice::pool
