@@ -1,0 +1,257 @@
+// Fuzz target: the prepared-statement Rewriter (protocol/prepared_statements.h) driven the way
+// the relay drives it (see the Attachment in prepared_statements_test.cc), with fuzzed client
+// and server messages interleaved. The input is a script of operations; each starts with one
+// byte:
+//   0x00-0x5f  a client message: a type from kClientTypes, then a payload built from a small
+//              vocabulary of statement names and query texts or raw fuzzed bytes;
+//   0x60-0xbf  a server message: a type from kServerTypes, payload likewise;
+//   0xc0-0xdf  a client Parse refused by the relay (Rewriter::refuseParse);
+//   0xe0-0xef  detach: drop the Rewriter (the server then counts as unknown unless idle) and
+//              attach a new one to the next of two servers, as transaction pooling does;
+//   0xf0-0xff  change the server's max_prepared_statements (1..4), as a RELOAD does.
+// Invariants checked (the relay relies on them): clientBytesNeeded() lies within the message; a
+// kWait leaves to_client empty; onServerMessage never answers kWait, and never kReplace for a
+// header-only message; no message is offered again forever (a wait ends after the server's
+// answers: a kWait leaves something pending).
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "fuzz_util.h"
+#include "protocol/prepared_statements.h"
+#include "protocol/wire.h"
+
+namespace sluice::fuzz {
+
+// Reads the script front to back, one byte per choice, so seeds can be written by hand
+// (tests/fuzz/corpus/fuzz_rewriter/README). Past the end every choice is 0.
+class Script {
+ public:
+  explicit Script(std::string_view data) : data_(data) {}
+  bool empty() const { return pos_ >= data_.size(); }
+  uint8_t byte() { return pos_ < data_.size() ? uint8_t(data_[pos_++]) : 0; }
+  bool flag() { return byte() & 1; }
+  template <typename T, size_t N>
+  T pick(const T (&values)[N]) {
+    return values[byte() % N];
+  }
+  // A length byte, then that many bytes (fewer at the end of the script).
+  std::string raw() {
+    size_t n = byte();
+    std::string out(data_.substr(pos_, n));
+    pos_ += out.size();
+    return out;
+  }
+
+ private:
+  std::string_view data_;
+  size_t pos_ = 0;
+};
+
+constexpr char kClientTypes[] = {'P', 'B', 'D', 'E', 'C', 'S', 'H', 'Q', 'F', 'd', 'c', 'X'};
+constexpr char kServerTypes[] = {'1', '2', '3', 't', 'T', 'n', 'C', 'I', 's', 'Z',
+                                 'E', 'D', 'N', 'S', 'A', 'V', 'G', 'c', 'K'};
+constexpr const char* kNames[] = {
+    "", "s1", "s2", "S1",
+    ("a_very_long_statement_name_that_is_longer_than_sixty_three_bytes_so_it_is_truncated")};
+constexpr const char* kQueries[] = {"SELECT 1",
+                                    "SELECT $1::int",
+                                    "DEALLOCATE s1",
+                                    "DEALLOCATE ALL",
+                                    "DISCARD ALL",
+                                    "SELECT 1; DEALLOCATE ALL",
+                                    "deallocate prepare \"S1\"",
+                                    "BEGIN",
+                                    "COMMIT",
+                                    ""};
+
+constexpr char kStatuses[] = {'I', 'T', 'E'};
+constexpr const char* kSqlstates[] = {"42601", "26000", "0A000", "42P05", "25P02"};
+constexpr const char* kTags[] = {"SELECT 1", "DEALLOCATE", "DEALLOCATE ALL", "DISCARD ALL"};
+
+std::string cstr(std::string_view s) { return std::string(s) + '\0'; }
+std::string int16(int v) { return {char((v >> 8) & 0xff), char(v & 0xff)}; }
+std::string int32(uint32_t v) {
+  return {char(v >> 24), char((v >> 16) & 0xff), char((v >> 8) & 0xff), char(v & 0xff)};
+}
+
+std::string pickName(Script& in) { return in.pick(kNames); }
+
+// A mostly well-formed payload for `type`, or raw bytes when the script says so.
+std::string clientPayload(char type, Script& in) {
+  if (in.byte() == 0xff) return in.raw();
+  switch (type) {
+    case 'P': {
+      std::string p = cstr(pickName(in)) + cstr(in.pick(kQueries));
+      int n = in.byte() % 3;
+      p += int16(n);
+      for (int i = 0; i < n; ++i) p += int32(23);
+      return p;
+    }
+    case 'B':
+      return cstr(in.flag() ? "" : "p1") + cstr(pickName(in)) + int16(0) + int16(0) + int16(0);
+    case 'D':
+    case 'C':
+      return std::string(1, in.flag() ? 'S' : 'P') + cstr(pickName(in));
+    case 'E':
+      return cstr(in.flag() ? "" : "p1") + int32(0);
+    case 'Q':
+      return cstr(in.pick(kQueries));
+    default:
+      return {};
+  }
+}
+
+std::string serverPayload(char type, Script& in) {
+  if (in.byte() == 0xff) return in.raw();
+  switch (type) {
+    case 'Z':
+      return std::string(1, in.pick(kStatuses));
+    case 'E': {
+      const char* code = in.pick(kSqlstates);
+      return "SERROR" + std::string(1, '\0') + "C" + cstr(code) + "M" + cstr("boom") +
+             (in.flag() ? "Rrevalidate_cached_query" + std::string(1, '\0') : "") + '\0';
+    }
+    case 'C':
+      return cstr(in.pick(kTags));
+    case 'T': {
+      int n = in.byte() % 3;
+      std::string p = int16(n);
+      for (int i = 0; i < n; ++i) {
+        p += cstr("c") + int32(0) + int16(0) + int32(in.flag() ? 23 : 25) + int16(4) +
+             int32(uint32_t(-1)) + int16(0);
+      }
+      return p;
+    }
+    case 't':
+      return int16(0);
+    case 'D':
+      return int16(1) + int32(1) + "x";
+    default:
+      return {};
+  }
+}
+
+struct Server {
+  explicit Server(size_t cap) : statements(cap) {}
+  protocol::ServerStatements statements;
+  char status = 'I';
+};
+
+class Driver {
+ public:
+  Driver() {
+    servers_[0] = std::make_unique<Server>(4);
+    servers_[1] = std::make_unique<Server>(2);
+    attach();
+  }
+
+  void clientMessage(std::string msg) {
+    waiting_.push_back(std::move(msg));
+    pump();
+  }
+  void refusedParse(std::string msg) {
+    refuse_next_ = true;
+    clientMessage(std::move(msg));
+  }
+
+  void serverMessage(const std::string& m) {
+    std::string tc;
+    if (!protocol::Rewriter::serverBodyNeeded(m[0])) {
+      auto a = rw_->onServerMessage(std::string_view(m).substr(0, 5), tc);
+      check(a == protocol::Rewriter::Action::kForward, "header-only server message not forwarded");
+      check(tc.empty(), "header-only server message produced bytes");
+    } else {
+      auto a = rw_->onServerMessage(m, tc);
+      check(a != protocol::Rewriter::Action::kWait, "onServerMessage answered kWait");
+    }
+    if (m[0] == 'Z' && m.size() > 5) servers_[current_]->status = m[5];
+    pump();
+  }
+
+  void reattach() {
+    waiting_.clear();
+    refuse_next_ = false;
+    bool idle = rw_->idle();
+    rw_.reset();
+    if (!idle) {
+      // The relay closes a server left in an unknown state: start that one afresh.
+      servers_[current_] = std::make_unique<Server>(servers_[current_]->statements.maxPrepared());
+    }
+    current_ = (current_ + 1) % 2;
+    attach();
+  }
+
+  void setCap(size_t n) { servers_[current_]->statements.setMaxPrepared(n); }
+
+ private:
+  void attach() {
+    Server& s = *servers_[current_];
+    rw_ = std::make_unique<protocol::Rewriter>(client_, s.statements, s.status);
+  }
+
+  // Offers waiting client messages in order until one must wait.
+  void pump() {
+    while (!waiting_.empty()) {
+      const std::string& m = waiting_.front();
+      uint32_t length = protocol::readU32(m.data() + 1);
+      size_t need = protocol::Rewriter::clientBytesNeeded(m[0], length);
+      check(need >= protocol::kHeaderSize && need <= m.size(), "clientBytesNeeded out of range");
+      std::string ts, tc;
+      protocol::Rewriter::Action a;
+      if (refuse_next_ && m[0] == 'P') {
+        std::string err;
+        protocol::ErrorInfo e;
+        e.sqlstate = "55000";
+        e.message = "refused";
+        protocol::appendError(err, e);
+        a = rw_->refuseParse(err, ts);
+      } else {
+        a = rw_->onClientMessage(std::string_view(m).substr(0, need), ts, tc);
+      }
+      if (a == protocol::Rewriter::Action::kWait) {
+        check(tc.empty(), "kWait with bytes for the client");
+        // It waits for an answer to something sent: with nothing pending it would wait forever.
+        check(!rw_->idle(), "kWait while nothing is pending");
+        return;
+      }
+      refuse_next_ = false;
+      waiting_.pop_front();
+    }
+  }
+
+  protocol::ClientStatements client_;
+  std::unique_ptr<Server> servers_[2];
+  size_t current_ = 0;
+  std::unique_ptr<protocol::Rewriter> rw_;
+  std::deque<std::string> waiting_;  // client messages not yet consumed (the first may wait)
+  bool refuse_next_ = false;
+};
+
+}  // namespace sluice::fuzz
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  using namespace sluice::fuzz;
+  Script in(std::string_view(reinterpret_cast<const char*>(data), size));
+  Driver d;
+  for (int ops = 0; ops < 256 && !in.empty(); ++ops) {
+    uint8_t op = in.byte();
+    if (op < 0x60) {
+      char type = in.pick(kClientTypes);
+      d.clientMessage(frame(type, clientPayload(type, in)));
+    } else if (op < 0xc0) {
+      char type = in.pick(kServerTypes);
+      d.serverMessage(frame(type, serverPayload(type, in)));
+    } else if (op < 0xe0) {
+      d.refusedParse(frame('P', clientPayload('P', in)));
+    } else if (op < 0xf0) {
+      d.reattach();
+    } else {
+      d.setCap(1 + op % 4);
+    }
+  }
+  return 0;
+}
