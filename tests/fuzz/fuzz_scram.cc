@@ -6,7 +6,8 @@
 //   part 1: a client-final-message for the same ScramServer (after a successful first step);
 //   part 2: a server-first-message for ScramClient, then (reused) a server-final-message.
 // The whole input is also a base64 text (decode, then encode and decode back must agree), and the
-// payload of a SASLInitialResponse then a SASLResponse into a ClientAuth with a SCRAM secret.
+// payload of a SASLInitialResponse then a SASLResponse into a ClientAuth with a SCRAM secret, and
+// parts 0 and 1 as the PasswordMessages of a ClientAuth of every auth_type and kind of secret.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -99,6 +100,28 @@ void fuzzClientAuth(std::string_view first, std::string_view final_msg) {
   }
 }
 
+// Every auth_type against every kind of secret (and an unknown user), with `payload` as the
+// first PasswordMessage: cleartext and md5 answers, and SASL messages where SCRAM is chosen.
+void fuzzEveryMethod(std::string_view payload, std::string_view second) {
+  static const std::string secrets[] = {"secret", protocol::md5PasswordSecret("alice", "secret"),
+                                        testSecret().toString()};
+  const config::AuthType types[] = {config::AuthType::kPlain, config::AuthType::kMd5,
+                                    config::AuthType::kScramSha256, config::AuthType::kTrust,
+                                    config::AuthType::kAny};
+  for (config::AuthType type : types) {
+    for (int k = 0; k <= 3; ++k) {
+      auth::ClientAuth ca(type, "alice", k < 3 ? &secrets[k] : nullptr);
+      auto step = ca.start();
+      if (step.outcome != auth::ClientAuth::Outcome::kContinue) continue;
+      step = ca.onPasswordMessage(payload);
+      if (step.outcome == auth::ClientAuth::Outcome::kContinue) step = ca.onPasswordMessage(second);
+      if (step.outcome == auth::ClientAuth::Outcome::kFailed) {
+        check(!step.error.sqlstate.empty(), "failed login without a SQLSTATE");
+      }
+    }
+  }
+}
+
 }  // namespace sluice::fuzz
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -119,5 +142,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   fuzz::fuzzSecret(parts[0]);
   fuzz::fuzzBase64(in);
   fuzz::fuzzClientAuth(parts[0], parts[1]);
+  fuzz::fuzzEveryMethod(parts[0], parts[1]);
   return 0;
 }
