@@ -4,7 +4,14 @@
 // byte:
 //   0x00-0x5f  a client message: a type from kClientTypes, then a payload built from a small
 //              vocabulary of statement names and query texts or raw fuzzed bytes;
-//   0x60-0xbf  a server message: a type from kServerTypes, payload likewise;
+//   0x60-0x8f  a server message: a type from kServerTypes, payload likewise (mostly nonsense:
+//              what a confused or hostile server could send);
+//   0x90-0x9f  a DDL elsewhere: the result type of every query changes (one more column);
+//   0xa0-0xaf  the server answers the next 1..16 messages of what sluice sent it, as PostgreSQL
+//              would if everything succeeds (Server::sent: ParseComplete, ParameterDescription
+//              + RowDescription, BindComplete, rows, CommandComplete, ReadyForQuery, ...);
+//   0xb0-0xbf  the same, except that the next answer is an ErrorResponse and the answers up to
+//              the next ReadyForQuery are skipped, as after an error in PostgreSQL;
 //   0xc0-0xdf  a client Parse refused by the relay (Rewriter::refuseParse);
 //   0xe0-0xef  detach: drop the Rewriter (the server then counts as unknown unless idle) and
 //              attach a new one to the next of two servers, as transaction pooling does;
@@ -135,10 +142,82 @@ std::string serverPayload(char type, Script& in) {
   }
 }
 
+// What one server connection would answer: for every message sluice sends it, the messages
+// PostgreSQL sends back when it succeeds. No state beyond that queue: enough to let the Rewriter
+// see plausible answer streams, not a PostgreSQL model (prepared_statements_test.cc has that).
 struct Server {
   explicit Server(size_t cap) : statements(cap) {}
   protocol::ServerStatements statements;
   char status = 'I';
+  std::deque<std::string> answers;  // not delivered yet
+
+  void sent(std::string_view bytes, int ddl) {
+    while (auto h = protocol::peekHeader(bytes)) {
+      if (h->length < 4 || h->total() > bytes.size()) break;
+      answer(h->type, bytes.substr(protocol::kHeaderSize, h->length - 4), ddl);
+      bytes.remove_prefix(h->total());
+    }
+  }
+
+ private:
+  void expect(char type, std::string_view payload) { answers.push_back(frame(type, payload)); }
+  static std::string rowDescription(int ddl) {
+    int n = 1 + ddl % 3;
+    std::string p = int16(n);
+    for (int i = 0; i < n; ++i) {
+      p += cstr("c" + std::to_string(i)) + int32(0) + int16(0) + int32(23) + int16(4) +
+           int32(uint32_t(-1)) + int16(0);
+    }
+    return p;
+  }
+  void answer(char type, std::string_view payload, int ddl) {
+    switch (type) {
+      case 'P':
+        expect('1', "");
+        break;
+      case 'B':
+        expect('2', "");
+        break;
+      case 'D':
+        if (!payload.empty() && payload[0] == 'S') expect('t', int16(0));
+        expect('T', rowDescription(ddl));
+        break;
+      case 'E':
+        expect('D', int16(1) + int32(1) + "1");
+        expect('C', cstr("SELECT 1"));
+        break;
+      case 'C':
+        expect('3', "");
+        break;
+      case 'S':
+        expect('Z', "I");
+        break;
+      case 'Q': {
+        // One CommandComplete per statement (the vocabulary has no quoted ';').
+        std::string_view sql = payload.substr(0, payload.find('\0'));
+        bool any = false;
+        while (!sql.empty()) {
+          size_t semi = sql.find(';');
+          std::string_view stmt = sql.substr(0, semi);
+          if (stmt.find_first_not_of(' ') != std::string_view::npos) {
+            expect('C', cstr(stmt));
+            any = true;
+          }
+          if (semi == std::string_view::npos) break;
+          sql.remove_prefix(semi + 1);
+        }
+        if (!any) expect('I', "");
+        expect('Z', "I");
+        break;
+      }
+      case 'F':
+        expect('V', int32(uint32_t(-1)));
+        expect('Z', "I");
+        break;
+      default:  // Flush, CopyData, ...: no answer of their own
+        break;
+    }
+  }
 };
 
 class Driver {
@@ -177,6 +256,7 @@ class Driver {
     refuse_next_ = false;
     bool idle = rw_->idle();
     rw_.reset();
+    servers_[current_]->answers.clear();
     if (!idle) {
       // The relay closes a server left in an unknown state: start that one afresh.
       servers_[current_] = std::make_unique<Server>(servers_[current_]->statements.maxPrepared());
@@ -184,6 +264,29 @@ class Driver {
     current_ = (current_ + 1) % 2;
     attach();
   }
+
+  // The server answers up to `n` messages as if all succeeded; with `error`, the first answer is
+  // an ErrorResponse instead and the rest up to its ReadyForQuery never come.
+  void deliver(size_t n, bool error) {
+    Server& server = *servers_[current_];
+    if (error && !server.answers.empty()) {
+      std::string e;
+      protocol::ErrorInfo info;
+      info.sqlstate = "42P01";
+      info.message = "relation does not exist";
+      protocol::appendError(e, info);
+      while (!server.answers.empty() && server.answers.front()[0] != 'Z') {
+        server.answers.pop_front();
+      }
+      serverMessage(e);
+    }
+    for (size_t i = 0; i < n && !servers_[current_]->answers.empty(); ++i) {
+      std::string m = std::move(servers_[current_]->answers.front());
+      servers_[current_]->answers.pop_front();
+      serverMessage(m);
+    }
+  }
+  void ddl() { ++ddl_; }
 
   void setCap(size_t n) { servers_[current_]->statements.setMaxPrepared(n); }
 
@@ -212,11 +315,18 @@ class Driver {
       } else {
         a = rw_->onClientMessage(std::string_view(m).substr(0, need), ts, tc);
       }
+      Server& server = *servers_[current_];
       if (a == protocol::Rewriter::Action::kWait) {
+        server.sent(ts, ddl_);
         check(tc.empty(), "kWait with bytes for the client");
         // It waits for an answer to something sent: with nothing pending it would wait forever.
         check(!rw_->idle(), "kWait while nothing is pending");
         return;
+      }
+      if (a == protocol::Rewriter::Action::kForward) {
+        server.sent(m, ddl_);
+      } else {
+        server.sent(ts + m.substr(need), ddl_);
       }
       refuse_next_ = false;
       waiting_.pop_front();
@@ -229,6 +339,7 @@ class Driver {
   std::unique_ptr<protocol::Rewriter> rw_;
   std::deque<std::string> waiting_;  // client messages not yet consumed (the first may wait)
   bool refuse_next_ = false;
+  int ddl_ = 0;  // DDL statements run so far: changes every result type
 };
 
 }  // namespace sluice::fuzz
@@ -242,9 +353,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (op < 0x60) {
       char type = in.pick(kClientTypes);
       d.clientMessage(frame(type, clientPayload(type, in)));
-    } else if (op < 0xc0) {
+    } else if (op < 0x90) {
       char type = in.pick(kServerTypes);
       d.serverMessage(frame(type, serverPayload(type, in)));
+    } else if (op < 0xa0) {
+      d.ddl();
+    } else if (op < 0xc0) {
+      d.deliver(1 + op % 16, op >= 0xb0);
     } else if (op < 0xe0) {
       d.refusedParse(frame('P', clientPayload('P', in)));
     } else if (op < 0xf0) {
