@@ -1,10 +1,12 @@
 // Fuzz target: SCRAM-SHA-256 messages and secrets (protocol/auth_crypto.h) and the client
 // authentication state machine that carries them (auth::ClientAuth). The input is split at the
-// first two '\n' bytes into up to three parts:
+// first three '\n' bytes into up to four parts:
 //   part 0: a client-first-message for ScramServer, and a pg_authid-style secret for
 //           parseScramSecret / secretKind;
 //   part 1: a client-final-message for the same ScramServer (after a successful first step);
-//   part 2: a server-first-message for ScramClient, then (reused) a server-final-message.
+//   part 2: a server-first-message for ScramClient (client nonce "client-nonce", password
+//           "secret");
+//   part 3: the server-final-message for that ScramClient.
 // The whole input is also a base64 text (decode, then encode and decode back must agree), and the
 // payload of a SASLInitialResponse then a SASLResponse into a ClientAuth with a SCRAM secret, and
 // parts 0 and 1 as the PasswordMessages of a ClientAuth of every auth_type and kind of secret.
@@ -39,7 +41,7 @@ void fuzzServer(std::string_view first, std::string_view final_msg) {
   }
 }
 
-void fuzzClient(std::string_view server_first, bool from_password) {
+void fuzzClient(std::string_view server_first, std::string_view server_final, bool from_password) {
   protocol::ScramClient client =
       from_password ? protocol::ScramClient::fromPassword("secret")
                     : protocol::ScramClient::fromKeys(protocol::ScramKey{}, protocol::ScramKey{});
@@ -49,7 +51,7 @@ void fuzzClient(std::string_view server_first, bool from_password) {
   auto final_msg = client.handleServerFirst(server_first);
   if (!final_msg.isOk()) return;
   check(final_msg->find("c=biws,r=") == 0, "client-final-message does not start with c=biws");
-  (void)client.handleServerFinal(server_first);
+  (void)client.handleServerFinal(server_final);
 }
 
 void fuzzSecret(std::string_view text) {
@@ -127,10 +129,10 @@ void fuzzEveryMethod(std::string_view payload, std::string_view second) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace sluice;
   std::string_view in(reinterpret_cast<const char*>(data), size);
-  std::string_view parts[3];
+  std::string_view parts[4];
   std::string_view rest = in;
   int found = 0;
-  for (; found < 2; ++found) {
+  for (; found < 3; ++found) {
     size_t nl = rest.find('\n');
     if (nl == std::string_view::npos) break;
     parts[found] = rest.substr(0, nl);
@@ -138,7 +140,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   parts[found] = rest;
   fuzz::fuzzServer(parts[0], parts[1]);
-  fuzz::fuzzClient(parts[2], !fuzz::hasLargeIterations(parts[2]));
+  fuzz::fuzzClient(parts[2], parts[3], !fuzz::hasLargeIterations(parts[2]));
   fuzz::fuzzSecret(parts[0]);
   fuzz::fuzzBase64(in);
   fuzz::fuzzClientAuth(parts[0], parts[1]);
