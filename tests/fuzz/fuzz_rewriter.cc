@@ -10,8 +10,10 @@
 //   0xa0-0xaf  the server answers the next 1..16 messages of what sluice sent it, as PostgreSQL
 //              would if everything succeeds (Server::sent: ParseComplete, ParameterDescription
 //              + RowDescription, BindComplete, rows, CommandComplete, ReadyForQuery, ...);
-//   0xb0-0xbf  the same, except that the next answer is an ErrorResponse and the answers up to
-//              the next ReadyForQuery are skipped, as after an error in PostgreSQL;
+//   0xb0-0xbf  the same, except that the next answer is an ErrorResponse, after which the server
+//              does what PostgreSQL does: the rest of a Query or FunctionCall is not answered
+//              but its ReadyForQuery is; after an extended-protocol message, nothing is answered
+//              up to the next Sync;
 //   0xc0-0xdf  a client Parse refused by the relay (Rewriter::refuseParse);
 //   0xe0-0xef  detach: drop the Rewriter (the server then counts as unknown unless idle) and
 //              attach a new one to the next of two servers, as transaction pooling does;
@@ -47,15 +49,20 @@ class Script {
   }
   // A length byte, then that many bytes (fewer at the end of the script).
   std::string raw() {
+    used_raw_ = true;
     size_t n = byte();
     std::string out(data_.substr(pos_, n));
     pos_ += out.size();
     return out;
   }
 
+  // A raw (probably malformed) message was made: the answering Server no longer models it.
+  bool usedRaw() const { return used_raw_; }
+
  private:
   std::string_view data_;
   size_t pos_ = 0;
+  bool used_raw_ = false;
 };
 
 constexpr char kClientTypes[] = {'P', 'B', 'D', 'E', 'C', 'S', 'H', 'Q', 'F', 'd', 'c', 'X'};
@@ -149,7 +156,30 @@ struct Server {
   explicit Server(size_t cap) : statements(cap) {}
   protocol::ServerStatements statements;
   char status = 'I';
-  std::deque<std::string> answers;  // not delivered yet
+  struct Answer {
+    char request;     // the type of the message it answers
+    std::string msg;  // one whole server message
+  };
+  std::deque<Answer> answers;  // not delivered yet
+  bool skipping = false;       // an error happened: ignore everything up to a Sync
+
+  // The next answer becomes an ErrorResponse (appended to `out`); drops what PostgreSQL then
+  // does not send.
+  void fail(std::string& out) {
+    protocol::ErrorInfo info;
+    info.sqlstate = "42P01";
+    info.message = "relation does not exist";
+    protocol::appendError(out, info);
+    char request = answers.front().request;
+    if (request == 'Q' || request == 'F') {
+      // The rest of this query is not run; its ReadyForQuery comes.
+      while (answers.front().msg[0] != 'Z') answers.pop_front();
+    } else if (request != 'S') {
+      // Extended protocol: everything up to the Sync is ignored, Queries and FunctionCalls too.
+      while (!answers.empty() && answers.front().request != 'S') answers.pop_front();
+      if (answers.empty()) skipping = true;  // that Sync has not been sent yet
+    }
+  }
 
   void sent(std::string_view bytes, int ddl) {
     while (auto h = protocol::peekHeader(bytes)) {
@@ -160,7 +190,10 @@ struct Server {
   }
 
  private:
-  void expect(char type, std::string_view payload) { answers.push_back(frame(type, payload)); }
+  void expect(char type, std::string_view payload) {
+    answers.push_back({request_, frame(type, payload)});
+  }
+  char request_ = 0;  // the message being answered
   static std::string rowDescription(int ddl) {
     int n = 1 + ddl % 3;
     std::string p = int16(n);
@@ -171,8 +204,26 @@ struct Server {
     return p;
   }
   void answer(char type, std::string_view payload, int ddl) {
+    request_ = type;
+    if (skipping) {  // after an error in the extended protocol: everything up to the Sync
+      if (type == 'S') {
+        skipping = false;
+        expect('Z', "I");
+      }
+      return;
+    }
     switch (type) {
       case 'P':
+        if (payload.starts_with(std::string_view("sluice_refused\0", 15))) {
+          std::string e;
+          protocol::ErrorInfo info;
+          info.sqlstate = "42601";
+          info.message = "syntax error";
+          protocol::appendError(e, info);
+          answers.push_back({type, e});
+          skipping = true;
+          break;
+        }
         expect('1', "");
         break;
       case 'B':
@@ -265,27 +316,27 @@ class Driver {
     attach();
   }
 
-  // The server answers up to `n` messages as if all succeeded; with `error`, the first answer is
-  // an ErrorResponse instead and the rest up to its ReadyForQuery never come.
+  // The server sends up to `n` of its answers; with `error`, an ErrorResponse first in place of
+  // the next answer (Server::fail).
   void deliver(size_t n, bool error) {
     Server& server = *servers_[current_];
     if (error && !server.answers.empty()) {
       std::string e;
-      protocol::ErrorInfo info;
-      info.sqlstate = "42P01";
-      info.message = "relation does not exist";
-      protocol::appendError(e, info);
-      while (!server.answers.empty() && server.answers.front()[0] != 'Z') {
-        server.answers.pop_front();
-      }
+      server.fail(e);
       serverMessage(e);
     }
     for (size_t i = 0; i < n && !servers_[current_]->answers.empty(); ++i) {
-      std::string m = std::move(servers_[current_]->answers.front());
+      std::string m = std::move(servers_[current_]->answers.front().msg);
       servers_[current_]->answers.pop_front();
       serverMessage(m);
     }
+    Server& now = *servers_[current_];
+    if (!tainted_ && now.answers.empty() && !now.skipping && waiting_.empty()) {
+      // Every message sent was answered as PostgreSQL would: nothing can still be owed.
+      check(rw_->idle(), "all answered, yet the Rewriter is not idle");
+    }
   }
+  void taint() { tainted_ = true; }
   void ddl() { ++ddl_; }
 
   void setCap(size_t n) { servers_[current_]->statements.setMaxPrepared(n); }
@@ -340,6 +391,8 @@ class Driver {
   std::deque<std::string> waiting_;  // client messages not yet consumed (the first may wait)
   bool refuse_next_ = false;
   int ddl_ = 0;  // DDL statements run so far: changes every result type
+  // A raw message went either way: the answering Server no longer models what PostgreSQL does.
+  bool tainted_ = false;
 };
 
 }  // namespace sluice::fuzz
@@ -355,10 +408,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       d.clientMessage(frame(type, clientPayload(type, in)));
     } else if (op < 0x90) {
       char type = in.pick(kServerTypes);
+      d.taint();
       d.serverMessage(frame(type, serverPayload(type, in)));
     } else if (op < 0xa0) {
       d.ddl();
     } else if (op < 0xc0) {
+      if (in.usedRaw()) d.taint();
       d.deliver(1 + op % 16, op >= 0xb0);
     } else if (op < 0xe0) {
       d.refusedParse(frame('P', clientPayload('P', in)));
