@@ -1,0 +1,26 @@
+// Fuzz target: tools::parsePgUrl, the postgres:// URLs `sluice stress` and `sluice check` take.
+// Invariants: a parsed URL has a user, a database and a port in 1..65535, and its redacted form
+// holds no password.
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "fuzz_util.h"
+#include "tools/pg_url.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  using namespace sluice;
+  std::string_view in(reinterpret_cast<const char*>(data), size);
+  auto url = tools::parsePgUrl(in, "fuzzer");
+  if (!url.isOk()) {
+    fuzz::check(!url.message().empty(), "an error without a message");
+    return 0;
+  }
+  fuzz::check(!url->user.empty(), "no user despite a default");
+  fuzz::check(url->port >= 1 && url->port <= 65535, "port out of range");
+  std::string redacted = url->redacted();
+  if (url->password.size() >= 4) {
+    fuzz::check(redacted.find(url->password) == std::string::npos, "redacted() shows the password");
+  }
+  return 0;
+}
