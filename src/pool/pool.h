@@ -250,9 +250,10 @@ class Pool : public std::enable_shared_from_this<Pool> {
   std::string saturationMessageLocked() const;
   protocol::ErrorInfo unreachableErrorLocked() const;
   void backOffLocked();  // after a failed login: exponential, with jitter
-  // After a failed login, one login at a time until one succeeds: a full or struggling server
-  // gets a probe, not a round of server_connect_parallelism refusals.
-  bool probingLocked() const { return login_failures_ > 0 && login_ > 0; }
+  // After PostgreSQL refused a login as full (53300), one login at a time until one succeeds:
+  // a full server gets a probe, not a round of server_connect_parallelism refusals. (Logins that
+  // fail otherwise stay parallel: their failures are what tells a database that is down.)
+  bool probingLocked() const { return last_failure_busy_ && login_ > 0; }
   int activeLocked() const { return total_ - idle_count_ - login_; }
   // pool_size_mode = adaptive: as many servers are in use (or logging in) as the limit allows.
   bool atAdaptiveLimitLocked() const {
