@@ -36,5 +36,4 @@ inline constexpr std::chrono::seconds kLoginFailureWindow{60};
 // 200 "ok".
 ProbeResult readiness(const session::SessionContext& ctx);
 
-
 }  // namespace sluice::http

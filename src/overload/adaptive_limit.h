@@ -6,8 +6,8 @@
 // queueing inside PostgreSQL (CPU, locks, I/O) and the limit shrinks in proportion. The limit
 // starts at the minimum, so that the first windows measure the base latency: the lowest window
 // average seen. Every kProbeEvery one window runs at the minimum again and its average becomes
-// the base, so that a database that became slower for good is measured again. Pure (fed a clock); not thread-safe: the owning Pool
-// guards it with its mutex.
+// the base, so that a database that became slower for good is measured again. Pure (fed a clock);
+// not thread-safe: the owning Pool guards it with its mutex.
 #pragma once
 
 #include <algorithm>

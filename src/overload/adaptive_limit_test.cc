@@ -47,7 +47,7 @@ TEST(AdaptiveLimitTest, DoesNotGrowWhenTheLimitIsNotWhatHoldsThePoolBack) {
 TEST(AdaptiveLimitTest, ProbesTheBaseAgainSoASlowerDatabaseIsNotSqueezedForever) {
   AdaptiveLimit l(2, 40);
   TimePoint t = feed(l, TimePoint{} + Millis(1), 60, 0.005);
-  t = feed(l, t, 200, 0.050);  // slower for good (a bigger table, a colder cache)
+  t = feed(l, t, 200, 0.050);        // slower for good (a bigger table, a colder cache)
   EXPECT_GT(l.baseSeconds(), 0.04);  // measured again at the probe after kProbeEvery
   t = feed(l, t, 300, 0.050);
   EXPECT_EQ(l.limit(), 40);
