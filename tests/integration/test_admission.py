@@ -11,7 +11,6 @@ PostgreSQL's 53300 to the client, and serves pools sharing max_db_connections in
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import threading
 import time
@@ -20,7 +19,7 @@ import psycopg
 import pytest
 
 from harness import free_port, run_threads, sqlstate, wait_until
-from test_http import get_json, parse_metrics, get
+from test_http import get_json, scrape, start
 
 pytestmark = pytest.mark.sluice_only(reason="admission control is sluice's own")
 
@@ -71,18 +70,10 @@ class Forwarder:
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-def start(poolers, databases=None, **settings):
-    port = free_port()
-    p = poolers(settings={"http_listen": f"127.0.0.1:{port}", **settings}, databases=databases)
-    p.http_port = port
-    return p
-
-
 def metric(p, name, **labels):
-    status, text = get(p.http_port, "/metrics")
-    assert status == 200
+    """The sum of the series of `name` whose labels include `labels`."""
     total = 0.0
-    for lab, v in parse_metrics(text).get(name, []):
+    for lab, v in scrape(p).get(name, []):
         if all(lab.get(k) == val for k, val in labels.items()):
             total += v
     return total
