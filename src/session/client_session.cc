@@ -1170,16 +1170,20 @@ void ClientSession::onServerReady() {
   }
 }
 
+void ClientSession::endHold(TimePoint t) {
+  rewriter_.reset();
+  double held = std::chrono::duration<double>(t - server_since_).count();
+  stats_->hold_seconds.observe(held);
+  held_total_s_ += held;
+}
+
 void ClientSession::releaseServer(TimePoint t) {
   if (!server_) return;
   if (server_->pendingCancels > 0) {
     release_when_cancelled_ = true;  // a cancel for this server is still in flight
     return;
   }
-  rewriter_.reset();
-  double held = std::chrono::duration<double>(t - server_since_).count();
-  stats_->hold_seconds.observe(held);
-  held_total_s_ += held;
+  endHold(t);
   // Whatever the client changed with SET is its own from now on.
   if (server_->trackedVersion() != synced_version_) want_ = server_->tracked();
   if (search_path_dirty_) {
@@ -1330,10 +1334,7 @@ void ClientSession::janitor(TimePoint t, const config::Settings& s) {
           if (pinned_ == protocol::SessionState::kNone && server_->pendingCancels == 0) {
             // Nothing runs and the client sends nothing: roll its transaction back and give the
             // server to whoever waits, rather than closing it.
-            rewriter_.reset();
-            double held = secondsSince(server_since_);
-            stats_->hold_seconds.observe(held);
-            held_total_s_ += held;
+            endHold(now());
             bool reset = mode_ == config::PoolMode::kSession || s.server_reset_query_always;
             // The reset may change search_path where sluice does not see it.
             if (reset) server_->setTracked(protocol::kSearchPathSlot, protocol::kSearchPathUnknown);

@@ -144,6 +144,8 @@ class ClientSession : public pool::PoolClient,
   void noteSearchPathEffects(char type, std::string_view msg, bool changes);
   void attachServer(std::shared_ptr<pool::ServerConn> server, TimePoint t);  // t: now
   void releaseServer(TimePoint t = now());
+  // The client's hold of server_ ends at t (rewriter, hold statistics); server_ stays set.
+  void endHold(TimePoint t);
   void dropServer(const std::string& reason);  // close it: its state is unknown
   // A pinned client leaves: reset its server and give it back (false: it cannot be reset now).
   bool resetPinnedServer();
