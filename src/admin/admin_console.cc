@@ -175,6 +175,7 @@ struct ClientInfo {
   TimePoint last_activity;     // the client's last bytes: how long it has sent nothing
   std::string last_statement;  // its current or last Query/Parse text, first 200 bytes
   const char* pinned = "";     // the session state that pinned it to its server, if any
+  std::string tls;             // "TLSv1.3/cipher" when encrypted (PgBouncer's tls column)
 };
 
 // One server connection, copied out on its own loop.
@@ -187,6 +188,7 @@ struct ServerInfo {
   int port = 0;
   TimePoint connected, request;
   uint32_t backend_pid = 0;
+  std::string tls;
 };
 
 struct LoopSnapshot {
@@ -208,6 +210,7 @@ ServerInfo describeServer(const pool::ServerConn& s, const char* state) {
   si.request = s.lastUsed() == TimePoint{} ? s.createdAt() : s.lastUsed();
   si.backend_pid = s.backendPid();
   si.application_name = s.tracked()[protocol::kApplicationNameParam];
+  si.tls = s.tlsDescription();
   return si;
 }
 
@@ -243,6 +246,7 @@ LoopSnapshot snapshotLoop(session::SessionContext* ctx, session::LoopClients& lc
     ci.database = c->database();
     ci.peer = c->peer();
     ci.application_name = c->applicationName();
+    ci.tls = c->tlsDescription();
     ci.connected = c->connectedAt();
     ci.request = c->requestStartedAt() == TimePoint{} ? ci.connected : c->requestStartedAt();
     ci.waiting_since = c->waitStartedAt();
@@ -346,7 +350,7 @@ Row clientRow(const ClientInfo& c, const char* state, const config::Settings& s,
           hexPtr(c.ptr),
           hexPtr(c.link),
           num(0),
-          std::string(),
+          c.tls,
           c.application_name};
 }
 
@@ -367,7 +371,7 @@ Row serverRow(const ServerInfo& s, const char* state, const WallClock& clock) {
           hexPtr(s.ptr),
           hexPtr(s.link),
           num(s.backend_pid),
-          std::string(),
+          s.tls,
           s.application_name};
 }
 
@@ -652,6 +656,7 @@ std::string configValue(config::AuthType v) { return config::authTypeName(v); }
 std::string configValue(config::SessionStatePolicy v) { return config::sessionStatePolicyName(v); }
 std::string configValue(config::BudgetCheck v) { return config::budgetCheckName(v); }
 std::string configValue(config::PoolSizeMode v) { return config::poolSizeModeName(v); }
+std::string configValue(config::SslMode v) { return config::sslModeName(v); }
 std::string configValue(config::Duration v) {  // seconds, as PgBouncer writes them
   if (v.count() % 1000 == 0) return std::to_string(v.count() / 1000);
   return fmt::format("{:g}", v.count() / 1000.0);
@@ -748,6 +753,22 @@ const std::vector<ConfigKey>& configKeys() {
         key("codel_deadline", &S::codel_deadline),
         key("budget_check", &S::budget_check),
         key("pool_size_mode", &S::pool_size_mode),
+        key("client_tls_sslmode", &S::client_tls_sslmode),
+        key("client_tls_key_file", &S::client_tls_key_file),
+        key("client_tls_cert_file", &S::client_tls_cert_file),
+        key("client_tls_ca_file", &S::client_tls_ca_file),
+        key("client_tls_protocols", &S::client_tls_protocols),
+        key("client_tls_ciphers", &S::client_tls_ciphers),
+        key("client_tls13_ciphers", &S::client_tls13_ciphers),
+        key("client_tls_dheparams", &S::client_tls_dheparams),
+        key("client_tls_ecdhcurve", &S::client_tls_ecdhcurve),
+        key("server_tls_sslmode", &S::server_tls_sslmode),
+        key("server_tls_key_file", &S::server_tls_key_file),
+        key("server_tls_cert_file", &S::server_tls_cert_file),
+        key("server_tls_ca_file", &S::server_tls_ca_file),
+        key("server_tls_protocols", &S::server_tls_protocols),
+        key("server_tls_ciphers", &S::server_tls_ciphers),
+        key("server_tls13_ciphers", &S::server_tls13_ciphers),
     };
     std::sort(k.begin(), k.end(), [](const ConfigKey& a, const ConfigKey& b) {
       return std::string_view(a.name) < b.name;

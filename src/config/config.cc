@@ -50,8 +50,11 @@ constexpr std::pair<std::string_view, PoolSizeMode> kPoolSizeModes[] = {
 constexpr std::pair<std::string_view, double> kDurationUnitsMs[] = {
     {"", 1000}, {"s", 1000}, {"ms", 1}, {"us", 0.001}, {"min", 60e3}, {"h", 3600e3}, {"d", 86400e3},
 };
-constexpr std::string_view kSslModes[] = {"disable", "allow",     "prefer",
-                                          "require", "verify-ca", "verify-full"};
+constexpr std::pair<std::string_view, SslMode> kSslModes[] = {
+    {"disable", SslMode::kDisable}, {"allow", SslMode::kAllow},
+    {"prefer", SslMode::kPrefer},   {"require", SslMode::kRequire},
+    {"verify-ca", SslMode::kVerifyCa}, {"verify-full", SslMode::kVerifyFull},
+};
 
 constexpr char kExpectPoolMode[] = "expected session, transaction or statement";
 constexpr char kExpectAuthType[] = "expected trust, any, plain, md5, scram-sha-256, cert or hba";
@@ -62,17 +65,11 @@ constexpr char kExpectSslMode[] =
     "expected disable, allow, prefer, require, verify-ca or verify-full";
 
 // [pgbouncer] keys of PgBouncer (up to 1.24) that sluice accepts but does not act on yet.
-// client_tls_sslmode and server_tls_sslmode are handled separately: their plain-text values are
-// what sluice does.
 // clang-format off
 constexpr std::string_view kUnimplementedSettings[] = {
     "auth_dbname", "auth_ident_file", "auth_ldap_options", "scram_iterations",
     "autodb_idle_timeout", "max_db_client_connections", "max_user_client_connections",
     "query_wait_notify", "transaction_timeout", "disable_pqexec", "sbuf_loopcnt",
-    "client_tls_ca_file", "client_tls_cert_file", "client_tls_key_file", "client_tls_ciphers",
-    "client_tls13_ciphers", "client_tls_dheparams", "client_tls_ecdhcurve", "client_tls_protocols",
-    "server_tls_ca_file", "server_tls_cert_file", "server_tls_key_file", "server_tls_ciphers",
-    "server_tls13_ciphers", "server_tls_protocols",
     "dns_max_ttl", "dns_nxdomain_ttl", "dns_zone_check_period", "resolv_conf",
     "tcp_defer_accept", "tcp_keepalive", "tcp_keepcnt", "tcp_keepidle", "tcp_keepintvl",
     "tcp_socket_buffer", "tcp_user_timeout",
@@ -260,7 +257,8 @@ struct ListSetting {
 using SettingField =
     std::variant<IntSetting, ListSetting, bool Settings::*, Duration Settings::*,
                  std::string Settings::*, PoolMode Settings::*, AuthType Settings::*,
-                 SessionStatePolicy Settings::*, BudgetCheck Settings::*, PoolSizeMode Settings::*>;
+                 SessionStatePolicy Settings::*, BudgetCheck Settings::*, PoolSizeMode Settings::*,
+                 SslMode Settings::*>;
 struct SettingSpec {
   std::string_view name;
   SettingField field;
@@ -343,6 +341,23 @@ const SettingSpec kSettingSpecs[] = {
     {"codel_deadline", &Settings::codel_deadline},
     {"budget_check", &Settings::budget_check},
     {"pool_size_mode", &Settings::pool_size_mode},
+    // TLS
+    {"client_tls_sslmode", &Settings::client_tls_sslmode},
+    {"client_tls_key_file", &Settings::client_tls_key_file},
+    {"client_tls_cert_file", &Settings::client_tls_cert_file},
+    {"client_tls_ca_file", &Settings::client_tls_ca_file},
+    {"client_tls_protocols", &Settings::client_tls_protocols},
+    {"client_tls_ciphers", &Settings::client_tls_ciphers},
+    {"client_tls13_ciphers", &Settings::client_tls13_ciphers},
+    {"client_tls_dheparams", &Settings::client_tls_dheparams},
+    {"client_tls_ecdhcurve", &Settings::client_tls_ecdhcurve},
+    {"server_tls_sslmode", &Settings::server_tls_sslmode},
+    {"server_tls_key_file", &Settings::server_tls_key_file},
+    {"server_tls_cert_file", &Settings::server_tls_cert_file},
+    {"server_tls_ca_file", &Settings::server_tls_ca_file},
+    {"server_tls_protocols", &Settings::server_tls_protocols},
+    {"server_tls_ciphers", &Settings::server_tls_ciphers},
+    {"server_tls13_ciphers", &Settings::server_tls13_ciphers},
 };
 
 template <typename... F>
@@ -389,6 +404,11 @@ void applySetting(Settings& s, const SettingField& field, std::string_view key,
                    if (!mode) {
                      throwBadValue(where, key, value, "expected fixed or adaptive");
                    }
+                   s.*f = *mode;
+                 },
+                 [&](SslMode Settings::*f) {
+                   std::optional<SslMode> mode = lookup(kSslModes, value);
+                   if (!mode) throwBadValue(where, key, value, kExpectSslMode);
                    s.*f = *mode;
                  },
              },
@@ -512,23 +532,7 @@ class Loader {
         return applySetting(config_.settings, spec.field, key, value, where);
       }
     }
-    if (name == "client_tls_sslmode" || name == "server_tls_sslmode") {
-      std::string mode = toLower(value);
-      if (!contains(kSslModes, mode)) {
-        throwBadValue(where, key, value, kExpectSslMode);
-      }
-      // Without TLS sluice behaves as "disable"; a server that allows plain text is also fine.
-      bool plain = mode == "disable" ||
-                   (name == "server_tls_sslmode" && (mode == "allow" || mode == "prefer"));
-      if (!plain && (mode == "allow" || mode == "prefer")) {
-        notImplemented(where, key);  // clients that ask for TLS are told no and go on in plain text
-      } else if (!plain) {
-        // Asking for TLS and silently getting plain text would be worse than refusing to start.
-        throw ConfigError(where + ": " + key + " = '" + std::string(value) +
-                          "': TLS is not supported by this version of sluice; use disable" +
-                          (name == "server_tls_sslmode" ? ", allow or prefer" : ""));
-      }
-    } else if (contains(kUnimplementedSettings, name)) {
+    if (contains(kUnimplementedSettings, name)) {
       notImplemented(where, key);
     } else {
       config_.warnings.push_back(where + ": unknown key '" + key + "' in [" + section_name_ +
@@ -642,6 +646,7 @@ const char* sessionStatePolicyName(SessionStatePolicy p) {
 }
 const char* budgetCheckName(BudgetCheck b) { return nameOf(kBudgetChecks, b); }
 const char* poolSizeModeName(PoolSizeMode m) { return nameOf(kPoolSizeModes, m); }
+const char* sslModeName(SslMode m) { return nameOf(kSslModes, m); }
 
 const DatabaseEntry* Config::findDatabase(const std::string& name) const {
   const DatabaseEntry* fallback = nullptr;

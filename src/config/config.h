@@ -28,12 +28,15 @@ enum class BudgetCheck { kOff, kWarn, kRefuse };
 // How many of a pool's servers may be in use at once: pool_size, or a limit between
 // min_pool_size and pool_size learned from transaction latency (overload/adaptive_limit.h).
 enum class PoolSizeMode { kFixed, kAdaptive };
+// libpq's sslmode, for client_tls_sslmode and server_tls_sslmode.
+enum class SslMode { kDisable, kAllow, kPrefer, kRequire, kVerifyCa, kVerifyFull };
 
 const char* poolModeName(PoolMode m);
 const char* authTypeName(AuthType a);
 const char* sessionStatePolicyName(SessionStatePolicy p);
 const char* budgetCheckName(BudgetCheck b);
 const char* poolSizeModeName(PoolSizeMode m);
+const char* sslModeName(SslMode m);
 
 // One line of [databases]. Unset optionals fall back to [pgbouncer] settings.
 struct DatabaseEntry {
@@ -150,6 +153,27 @@ struct Settings {
   BudgetCheck budget_check = BudgetCheck::kWarn;
   PoolSizeMode pool_size_mode = PoolSizeMode::kFixed;
   SessionStatePolicy session_state = SessionStatePolicy::kPin;
+  // TLS (PgBouncer's settings and defaults). Client side: sluice accepts TLS when the mode is
+  // not disable, requires it from require on, and requires a client certificate signed by
+  // client_tls_ca_file from verify-ca on. Server side: sluice asks PostgreSQL for TLS from
+  // prefer on (allow behaves as prefer), refuses plain text from require on, and checks the
+  // server's certificate (verify-ca) and its name (verify-full).
+  SslMode client_tls_sslmode = SslMode::kDisable;
+  std::string client_tls_key_file;
+  std::string client_tls_cert_file;
+  std::string client_tls_ca_file;
+  std::string client_tls_protocols = "secure";
+  std::string client_tls_ciphers = "default";
+  std::string client_tls13_ciphers;
+  std::string client_tls_dheparams = "auto";
+  std::string client_tls_ecdhcurve = "auto";
+  SslMode server_tls_sslmode = SslMode::kPrefer;
+  std::string server_tls_key_file;
+  std::string server_tls_cert_file;
+  std::string server_tls_ca_file;
+  std::string server_tls_protocols = "secure";
+  std::string server_tls_ciphers = "default";
+  std::string server_tls13_ciphers;
 };
 
 struct Config {

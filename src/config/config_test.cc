@@ -405,8 +405,8 @@ TCP_KEEPINTVL = 30
 dns_max_ttl = 15
 syslog = 1
 user = postgres
-server_tls_ca_file = /etc/ssl/ca.pem
-client_tls_cert_file = /etc/ssl/cert.pem
+scram_iterations = 4096
+auth_ident_file = /etc/ident
 autodb_idle_timeout = 3600
 listen_port = 6433
 )");
@@ -419,7 +419,7 @@ listen_port = 6433
                 notImplemented(2, "tcp_keepalive"), notImplemented(3, "tcp_keepidle"),
                 notImplemented(4, "TCP_KEEPINTVL"), notImplemented(5, "dns_max_ttl"),
                 notImplemented(6, "syslog"), notImplemented(7, "user"),
-                notImplemented(8, "server_tls_ca_file"), notImplemented(9, "client_tls_cert_file"),
+                notImplemented(8, "scram_iterations"), notImplemented(9, "auth_ident_file"),
                 notImplemented(10, "autodb_idle_timeout")}));
 }
 
@@ -431,23 +431,25 @@ TEST(ConfigTest, UnknownKeyWarns) {
                                                         "ignored"}));
 }
 
-TEST(ConfigTest, PlainTextSslModesDoNotWarn) {
+TEST(ConfigTest, TlsSettings) {
   auto config = parse(
-      "[pgbouncer]\nclient_tls_sslmode = disable\nserver_tls_sslmode = disable\n"
-      "server_tls_sslmode = allow\nserver_tls_sslmode = Prefer\n");
+      "[pgbouncer]\nclient_tls_sslmode = Verify-Full\nclient_tls_cert_file = /etc/ssl/c.pem\n"
+      "client_tls_key_file = /etc/ssl/c.key\nclient_tls_ca_file = /etc/ssl/ca.pem\n"
+      "client_tls_protocols = tlsv1.3\nserver_tls_sslmode = require\n"
+      "server_tls_ciphers = HIGH\n");
   EXPECT_TRUE(config->warnings.empty());
-}
-
-TEST(ConfigTest, TlsSslModesWarn) {
-  auto config = parse("[pgbouncer]\nclient_tls_sslmode = prefer\nclient_tls_sslmode = allow\n");
-  EXPECT_EQ(config->warnings, (std::vector<std::string>{notImplemented(2, "client_tls_sslmode"),
-                                                        notImplemented(3, "client_tls_sslmode")}));
-  EXPECT_EQ(errorOf("[pgbouncer]\nclient_tls_sslmode = require\n"),
-            "/etc/sluice.ini:2: client_tls_sslmode = 'require': TLS is not supported by this "
-            "version of sluice; use disable");
-  EXPECT_EQ(errorOf("[pgbouncer]\nserver_tls_sslmode = verify-full\n"),
-            "/etc/sluice.ini:2: server_tls_sslmode = 'verify-full': TLS is not supported by this "
-            "version of sluice; use disable, allow or prefer");
+  const auto& s = config->settings;
+  EXPECT_EQ(s.client_tls_sslmode, SslMode::kVerifyFull);
+  EXPECT_EQ(s.client_tls_cert_file, "/etc/ssl/c.pem");
+  EXPECT_EQ(s.client_tls_key_file, "/etc/ssl/c.key");
+  EXPECT_EQ(s.client_tls_ca_file, "/etc/ssl/ca.pem");
+  EXPECT_EQ(s.client_tls_protocols, "tlsv1.3");
+  EXPECT_EQ(s.server_tls_sslmode, SslMode::kRequire);
+  EXPECT_EQ(s.server_tls_ciphers, "HIGH");
+  EXPECT_STREQ(sslModeName(s.client_tls_sslmode), "verify-full");
+  auto defaults = parse("[pgbouncer]\n");
+  EXPECT_EQ(defaults->settings.client_tls_sslmode, SslMode::kDisable);
+  EXPECT_EQ(defaults->settings.server_tls_sslmode, SslMode::kPrefer);  // PgBouncer 1.20 on
   EXPECT_EQ(errorOf("[pgbouncer]\nserver_tls_sslmode = on\n"),
             "/etc/sluice.ini:2: server_tls_sslmode = 'on': expected disable, allow, prefer, "
             "require, verify-ca or verify-full");

@@ -4,15 +4,78 @@
 
 namespace sluice::pool {
 
+namespace {
+
+using config::SslMode;
+
+std::shared_ptr<const net::TlsContext> makeTls(const char* side, const net::TlsOptions& o) {
+  try {
+    return net::TlsContext::create(o);
+  } catch (const std::runtime_error& e) {
+    throw config::ConfigError(fmt::format("{}_tls_*: {}", side, e.what()));
+  }
+}
+
+// The contexts for the two sides; nullptr where the mode never uses TLS.
+std::pair<std::shared_ptr<const net::TlsContext>, std::shared_ptr<const net::TlsContext>> buildTls(
+    const config::Settings& s) {
+  std::shared_ptr<const net::TlsContext> client;
+  std::shared_ptr<const net::TlsContext> server;
+  if (s.client_tls_sslmode != SslMode::kDisable) {
+    if (s.client_tls_cert_file.empty() || s.client_tls_key_file.empty()) {
+      throw config::ConfigError(
+          fmt::format("client_tls_sslmode = {} needs client_tls_cert_file and client_tls_key_file "
+                      "(the certificate and key sluice shows to clients)",
+                      config::sslModeName(s.client_tls_sslmode)));
+    }
+    net::TlsOptions o;
+    o.accept = true;
+    o.cert_file = s.client_tls_cert_file;
+    o.key_file = s.client_tls_key_file;
+    o.ca_file = s.client_tls_ca_file;
+    o.protocols = s.client_tls_protocols;
+    o.ciphers = s.client_tls_ciphers;
+    o.tls13_ciphers = s.client_tls13_ciphers;
+    o.dheparams = s.client_tls_dheparams;
+    o.ecdhcurve = s.client_tls_ecdhcurve;
+    o.verify_peer = s.client_tls_sslmode >= SslMode::kVerifyCa;
+    o.alpn = "postgresql";
+    if (o.verify_peer && o.ca_file.empty()) {
+      throw config::ConfigError(
+          fmt::format("client_tls_sslmode = {} needs client_tls_ca_file to check client "
+                      "certificates against",
+                      config::sslModeName(s.client_tls_sslmode)));
+    }
+    client = makeTls("client", o);
+  }
+  if (s.server_tls_sslmode != SslMode::kDisable) {
+    net::TlsOptions o;
+    o.cert_file = s.server_tls_cert_file;
+    o.key_file = s.server_tls_key_file;
+    o.ca_file = s.server_tls_ca_file;
+    o.protocols = s.server_tls_protocols;
+    o.ciphers = s.server_tls_ciphers;
+    o.tls13_ciphers = s.server_tls13_ciphers;
+    o.verify_peer = s.server_tls_sslmode >= SslMode::kVerifyCa;
+    server = makeTls("server", o);
+  }
+  return {client, server};
+}
+
+}  // namespace
+
 PoolRegistry::PoolRegistry(std::vector<net::EventLoop*> loops) : loops_(std::move(loops)) {}
 
 void PoolRegistry::setConfig(std::shared_ptr<const config::Config> cfg,
                              std::shared_ptr<const config::UserList> users) {
+  auto [client_tls, server_tls] = buildTls(cfg->settings);  // throws before anything changes
   std::vector<std::pair<std::shared_ptr<Pool>, PoolSettings>> updates;
   {
     std::lock_guard lock(mu_);
     cfg_ = std::move(cfg);
     users_ = std::move(users);
+    client_tls_ = std::move(client_tls);
+    server_tls_ = std::move(server_tls);
     for (auto& [key, pool] : pools_) {
       updates.emplace_back(pool, resolve(*cfg_, users_.get(), key.first, key.second));
     }
@@ -47,6 +110,11 @@ std::shared_ptr<const config::Config> PoolRegistry::config() const {
 std::shared_ptr<const config::UserList> PoolRegistry::userList() const {
   std::lock_guard lock(mu_);
   return users_;
+}
+
+std::shared_ptr<const net::TlsContext> PoolRegistry::clientTls() const {
+  std::lock_guard lock(mu_);
+  return client_tls_;
 }
 
 PoolSettings PoolRegistry::resolve(const config::Config& cfg, const config::UserList* users,
@@ -99,6 +167,8 @@ PoolSettings PoolRegistry::resolve(const config::Config& cfg, const config::User
   }
   l.unix_dir = s.unix_socket_dir.empty() ? "/tmp" : s.unix_socket_dir;
   l.connect_timeout = s.server_connect_timeout;
+  l.tls_mode = s.server_tls_sslmode;
+  l.tls = server_tls_;
   return p;
 }
 

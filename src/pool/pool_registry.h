@@ -14,6 +14,7 @@
 
 #include "config/config.h"
 #include "net/event_loop.h"
+#include "net/tls.h"
 #include "pool/pool.h"
 
 namespace sluice::pool {
@@ -22,11 +23,15 @@ class PoolRegistry {
  public:
   explicit PoolRegistry(std::vector<net::EventLoop*> loops);
 
-  // Swaps in a new snapshot; existing pools take their new settings.
+  // Swaps in a new snapshot; existing pools take their new settings. The TLS contexts are built
+  // from the snapshot's files first: a certificate or key that does not load throws
+  // config::ConfigError naming the setting, and nothing changes.
   void setConfig(std::shared_ptr<const config::Config> cfg,
                  std::shared_ptr<const config::UserList> users);
   std::shared_ptr<const config::Config> config() const;
   std::shared_ptr<const config::UserList> userList() const;
+  // The context for accepting TLS from clients; nullptr when client_tls_sslmode is disable.
+  std::shared_ptr<const net::TlsContext> clientTls() const;
 
   // The pool for a client of `database` logged in as `user`; nullptr and a message when the
   // database is not configured.
@@ -87,6 +92,8 @@ class PoolRegistry {
   mutable std::mutex mu_;
   std::shared_ptr<const config::Config> cfg_;                                   // GUARDED_BY(mu_)
   std::shared_ptr<const config::UserList> users_;                               // GUARDED_BY(mu_)
+  std::shared_ptr<const net::TlsContext> client_tls_;                           // GUARDED_BY(mu_)
+  std::shared_ptr<const net::TlsContext> server_tls_;                           // GUARDED_BY(mu_)
   std::map<std::pair<std::string, std::string>, std::shared_ptr<Pool>> pools_;  // GUARDED_BY(mu_)
   bool paused_all_ = false;                                                     // GUARDED_BY(mu_)
   std::set<std::string> paused_dbs_;                                            // GUARDED_BY(mu_)

@@ -150,6 +150,19 @@ void ServerConn::connectTo(const sockaddr_storage& addr, socklen_t len) {
 // another component's handler is on the stack is reported from a fresh handler.
 void ServerConn::send(std::string_view bytes) {
   if (state_ == State::kClosed) return;
+  if (tls_) {
+    tls_out_.clear();
+    if (!tls_->write(bytes, &tls_out_)) {
+      auto self = shared_from_this();
+      loop_->post([self] {
+        if (self->state_ == State::kClosed) return;
+        self->fail("TLS with server failed: " + self->tls_->error(),
+                   sqlstate::kConnectionFailure);
+      });
+      return;
+    }
+    bytes = tls_out_;
+  }
   if (write_in_flight_ || connecting_) {
     outbox_.queue(bytes);
     return;
@@ -185,12 +198,15 @@ void ServerConn::onWritable() {
            sqlstate::kConnectionFailure);
       return;
     }
-    std::vector<std::pair<std::string, std::string>> params = {{"user", login_.user},
-                                                               {"database", login_.dbname}};
-    for (const auto& p : login_.startup_params) params.push_back(p);
-    std::string pkt;
-    protocol::appendStartup(pkt, params);
-    send(pkt);
+    bool tcp = !(login_.host.empty() || login_.host[0] == '/');
+    if (tcp && login_.tls && login_.tls_mode != config::SslMode::kDisable) {
+      std::string req;
+      protocol::appendSslRequest(req);
+      tls_asked_ = true;
+      send(req);
+    } else {
+      sendStartup();
+    }
     startRead();
     return;
   }
@@ -202,6 +218,91 @@ void ServerConn::onWritable() {
     return;
   }
   afterWrite(r);
+}
+
+void ServerConn::sendStartup() {
+  startup_sent_ = true;
+  std::vector<std::pair<std::string, std::string>> params = {{"user", login_.user},
+                                                             {"database", login_.dbname}};
+  for (const auto& p : login_.startup_params) params.push_back(p);
+  std::string pkt;
+  protocol::appendStartup(pkt, params);
+  send(pkt);
+}
+
+bool ServerConn::handleTlsAnswer() {
+  tls_asked_ = false;
+  char answer = in_.data()[0];
+  if (answer == 'S') {
+    if (in_.size() > 1) {  // bytes before the handshake could be injected by a man in the middle
+      fail("server sent unencrypted data after accepting TLS", sqlstate::kProtocolViolation);
+      return false;
+    }
+    in_.consume(1);
+    tls_ = std::make_unique<net::TlsStream>(login_.tls, login_.host,
+                                            login_.tls_mode == config::SslMode::kVerifyFull);
+    if (!tls_->error().empty()) {
+      fail(tls_->error(), sqlstate::kConnectionFailure);
+      return false;
+    }
+    // Start the handshake (the ClientHello goes out); the startup packet follows its end.
+    char* p = in_.prepare(kReadChunk);
+    ssize_t n = recvTls(p, in_.writable());
+    if (n > 0) in_.commit(size_t(n));
+    if (n < 0 && errno == EPROTO) {
+      fail(fmt::format("TLS with server {} failed: {}", serverWhere(login_), tls_->error()),
+           sqlstate::kConnectionFailure);
+      return false;
+    }
+    return true;
+  }
+  if (answer == 'N') {
+    in_.consume(1);
+    if (login_.tls_mode >= config::SslMode::kRequire) {
+      fail(fmt::format("server {} does not accept TLS and server_tls_sslmode is {}; enable ssl in "
+                       "PostgreSQL or lower server_tls_sslmode to prefer",
+                       serverWhere(login_), config::sslModeName(login_.tls_mode)),
+           sqlstate::kConnectionFailure);
+      return false;
+    }
+    sendStartup();
+    return true;
+  }
+  fail(fmt::format("server {} answered the TLS request with '{}'", serverWhere(login_),
+                   answer == 'E' ? std::string("an error") : std::string(1, answer)),
+       sqlstate::kProtocolViolation);
+  return false;
+}
+
+void ServerConn::flushTlsOutput() {
+  tls_out_.clear();
+  tls_->takeOutput(&tls_out_);
+  if (tls_out_.empty()) return;
+  if (write_in_flight_ || connecting_) {
+    outbox_.queue(tls_out_);
+  } else {
+    afterWrite(outbox_.write(fd_, tls_out_));
+  }
+}
+
+ssize_t ServerConn::recvTls(char* p, size_t room) {
+  bool drained = false;
+  ssize_t n = tls_->read(fd_, p, room, &drained);
+  int err = errno;
+  flushTlsOutput();
+  if (n > 0 && tls_->buffered()) {
+    net::EventLoop::mayBeReadable(slot_);
+  } else if (drained) {
+    net::EventLoop::drained(slot_);
+  }
+  if (!startup_sent_ && tls_->handshakeDone() && state_ == State::kLogin) sendStartup();
+  errno = err;
+  return n;
+}
+
+std::string ServerConn::tlsDescription() const {
+  if (!tls_ || !tls_->handshakeDone()) return {};
+  return tls_->version() + "/" + tls_->cipher();
 }
 
 void ServerConn::startRead() {
@@ -219,6 +320,20 @@ void ServerConn::onReadable() {
   if (state_ == State::kClosed) return;
   char* p = in_.prepare(kReadChunk);
   size_t room = in_.writable();
+  if (tls_) {
+    ssize_t n = recvTls(p, room);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+      startRead();
+      return;
+    }
+    if (n < 0 && errno == EPROTO) {
+      fail(fmt::format("TLS with server {} failed: {}", serverWhere(login_), tls_->error()),
+           sqlstate::kConnectionFailure);
+      return;
+    }
+    onRead(n, n < 0 ? errno : 0);
+    return;
+  }
   ssize_t n = net::sysRecv(fd_, p, room, MSG_DONTWAIT);
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
     if (errno != EINTR) net::EventLoop::drained(slot_);
@@ -256,6 +371,7 @@ void ServerConn::onRead(ssize_t n, int err) {
 }
 
 void ServerConn::processLogin() {
+  if (tls_asked_ && !in_.empty() && !handleTlsAnswer()) return;
   while (state_ == State::kLogin) {
     auto hdr = protocol::peekHeader(in_.data());
     if (!hdr) break;
@@ -620,7 +736,12 @@ void ServerConn::close(const std::string& reason) {
       outbox_.empty() && slot_ != nullptr) {
     std::string bye;
     protocol::appendTerminate(bye);
-    said_bye =
+    if (tls_) {
+      std::string plain = std::move(bye);
+      bye.clear();
+      if (!tls_->write(plain, &bye)) bye.clear();
+    }
+    said_bye = !bye.empty() &&
         ::send(fd_, bye.data(), bye.size(), MSG_NOSIGNAL | MSG_DONTWAIT) == ssize_t(bye.size());
   }
   state_ = State::kClosed;

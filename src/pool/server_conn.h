@@ -20,9 +20,11 @@
 
 #include "common/clock.h"
 #include "common/status.h"
+#include "config/config.h"
 #include "net/buffer.h"
 #include "net/event_loop.h"
 #include "net/outbox.h"
+#include "net/tls.h"
 #include "net/sys.h"
 #include "protocol/prepared_statements.h"
 #include "protocol/tracked_params.h"
@@ -68,6 +70,10 @@ struct ServerLogin {
   std::optional<std::array<uint8_t, 32>> scram_client_key;          // from a client's SCRAM proof
   std::vector<std::pair<std::string, std::string>> startup_params;  // extra, e.g. client_encoding
   Millis connect_timeout{15000};
+  // TLS to PostgreSQL over TCP (a unix socket never uses it, as with libpq): from prefer on,
+  // sluice asks for it; from require on, plain text is refused; `tls` is the context.
+  config::SslMode tls_mode = config::SslMode::kDisable;
+  std::shared_ptr<const net::TlsContext> tls;
 };
 
 class ServerConn : public net::IoWatcher, public std::enable_shared_from_this<ServerConn> {
@@ -142,6 +148,8 @@ class ServerConn : public net::IoWatcher, public std::enable_shared_from_this<Se
   uint32_t backendKey() const { return backend_key_; }
   const ServerLogin& login() const { return login_; }
   int fd() const { return fd_; }
+  // "TLSv1.3/TLS_AES_256_GCM_SHA384" when the connection is encrypted, "" when not (SHOW SERVERS).
+  std::string tlsDescription() const;
   TimePoint createdAt() const { return created_at_; }
   TimePoint lastUsed() const { return last_used_; }
   bool attached() const { return listener_ != nullptr; }  // lent to a client right now
@@ -165,6 +173,11 @@ class ServerConn : public net::IoWatcher, public std::enable_shared_from_this<Se
   void finishClose();  // deregisters, closes the descriptor, tells the pool
   void drain();        // reads to PostgreSQL's EOF after close()
   void finishLogin(Status st, const std::string& sqlstate);
+  void sendStartup();
+  // PostgreSQL's one-byte answer to the SSLRequest; false: stop.
+  bool handleTlsAnswer();
+  void flushTlsOutput();
+  ssize_t recvTls(char* p, size_t room);
 
   Pool* pool_;
   net::EventLoop* loop_;
@@ -182,6 +195,12 @@ class ServerConn : public net::IoWatcher, public std::enable_shared_from_this<Se
   std::unique_ptr<ScramState> scram_;
 
   net::ByteBuffer in_;
+  // TLS to PostgreSQL: asked for with an SSLRequest (tls_asked_), then every byte goes through
+  // tls_ (net/tls.h); the startup packet waits for the handshake (startup_sent_).
+  std::unique_ptr<net::TlsStream> tls_;
+  bool tls_asked_ = false;
+  bool startup_sent_ = false;
+  std::string tls_out_;           // ciphertext being handed to the outbox
   net::Outbox outbox_;            // what the socket did not take yet
   std::string scratch_;           // replacement messages from the listener's rewriter
   bool write_in_flight_ = false;  // waiting for writability (or a write failed)

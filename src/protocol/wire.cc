@@ -252,6 +252,13 @@ void appendCancelRequest(std::string& out, uint32_t pid, uint32_t key) {
   w.end();
 }
 
+void appendSslRequest(std::string& out) {
+  Writer w(out);
+  w.begin(0);
+  w.int32(kSslRequestCode);
+  w.end();
+}
+
 void appendRowDescription(std::string& out, const std::vector<std::string>& columns,
                           const std::vector<uint32_t>& type_oids) {
   Writer w(out);

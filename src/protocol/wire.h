@@ -133,6 +133,7 @@ void appendSaslResponse(std::string& out, std::string_view data);
 void appendStartup(std::string& out,
                    const std::vector<std::pair<std::string, std::string>>& params);
 void appendCancelRequest(std::string& out, uint32_t pid, uint32_t key);
+void appendSslRequest(std::string& out);
 // RowDescription with text columns, DataRow and CommandComplete for the admin console.
 void appendRowDescription(std::string& out, const std::vector<std::string>& columns,
                           const std::vector<uint32_t>& type_oids);

@@ -132,6 +132,24 @@ void ClientSession::onReadable() {
     p = in_.prepare(kReadChunk);
   }
   size_t room = in_.writable();
+  if (tls_) {
+    ssize_t n = recvTls(p, room);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+      releaseBufferIfDrained();
+      startRead();
+      return;
+    }
+    if (n < 0 && errno == EPROTO) {
+      closeQuietly(CloseReason::kTlsFailed, tls_->error());
+      return;
+    }
+    if (n < 0 && errno == ENOPROTOOPT) {
+      closeQuietly(CloseReason::kTlsFailed, "direct TLS connection without ALPN \"postgresql\"");
+      return;
+    }
+    onRead(n, n < 0 ? errno : 0);
+    return;
+  }
   ssize_t n = net::sysRecv(fd_, p, room, MSG_DONTWAIT);
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
     if (errno != EINTR) net::EventLoop::drained(slot_);
@@ -141,6 +159,39 @@ void ClientSession::onReadable() {
   }
   if (n > 0 && size_t(n) < room) net::EventLoop::drained(slot_);  // a short read empties it
   onRead(n, n < 0 ? errno : 0);
+}
+
+void ClientSession::startTls(std::shared_ptr<const net::TlsContext> tls) {
+  tls_ = std::make_unique<net::TlsStream>(std::move(tls));
+}
+
+// Plaintext from the TLS stream; the handshake and any alert it answers go out raw.
+ssize_t ClientSession::recvTls(char* p, size_t room) {
+  bool drained = false;
+  ssize_t n = tls_->read(fd_, p, room, &drained);
+  int err = errno;
+  thread_local std::string out;
+  out.clear();
+  tls_->takeOutput(&out);
+  if (!out.empty()) sendRaw(out);
+  if (n > 0 && tls_->buffered()) {
+    net::EventLoop::mayBeReadable(slot_);
+  } else if (drained) {
+    net::EventLoop::drained(slot_);
+  }
+  if (n > 0 && direct_tls_ && tls_->alpn() != "postgresql") {
+    // PostgreSQL 17 refuses direct TLS without ALPN: a client that did not ask for the
+    // postgresql protocol may be something else talking to the wrong port.
+    errno = ENOPROTOOPT;
+    return -1;
+  }
+  errno = err;
+  return n;
+}
+
+std::string ClientSession::tlsDescription() const {
+  if (!tls_ || !tls_->handshakeDone()) return {};
+  return tls_->version() + "/" + tls_->cipher();
 }
 
 void ClientSession::releaseBufferIfDrained() {
@@ -195,6 +246,23 @@ void ClientSession::onRead(ssize_t n, int err) {
 // writability. Nothing here closes the session synchronously: send() runs inside other
 // components' event handlers (a server's read), so a failure is reported from a fresh handler.
 void ClientSession::send(std::string_view bytes) {
+  if (state_ == State::kClosed) return;
+  if (tls_) {
+    thread_local std::string cipher;
+    cipher.clear();
+    if (!tls_->write(bytes, &cipher)) {
+      close_after_write_ = true;  // nothing more can be said to this client
+      auto self = shared_from_this();
+      loop_->post([self] { self->closeQuietly(CloseReason::kTlsFailed, self->tls_->error()); });
+      return;
+    }
+    sendRaw(cipher);
+    return;
+  }
+  sendRaw(bytes);
+}
+
+void ClientSession::sendRaw(std::string_view bytes) {
   if (state_ == State::kClosed) return;
   if (write_in_flight_) {
     outbox_.queue(bytes);
@@ -360,6 +428,22 @@ void ClientSession::closeQuietly(CloseReason reason, const std::string& detail) 
 
 void ClientSession::processStartup() {
   while (state_ == State::kStartup) {
+    if (!tls_ && !in_.empty() && uint8_t(in_.data()[0]) == 0x16) {
+      // A TLS handshake record where a startup packet's length would begin (never 0x16 for a
+      // packet of at most kMaxStartupPacket bytes): PostgreSQL 17's direct TLS.
+      auto tls = ctx_->pools->clientTls();
+      if (!tls) {
+        closeQuietly(CloseReason::kTlsFailed,
+                     "direct TLS connection while client_tls_sslmode is disable");
+        return;
+      }
+      startTls(std::move(tls));
+      direct_tls_ = true;
+      tls_->feed(in_.data());
+      in_.consume(in_.size());
+      net::EventLoop::mayBeReadable(slot_);  // the ClientHello waits inside the stream
+      break;
+    }
     if (in_.size() < 4) break;
     uint32_t len = protocol::readU32(in_.data().data());
     if (len < 8 || len > protocol::kMaxStartupPacket) {
@@ -371,9 +455,25 @@ void ClientSession::processStartup() {
     if (in_.size() < len) break;
     auto pkt = protocol::parseStartupPacket(in_.data().substr(0, len));
     in_.consume(len);
-    if (std::holds_alternative<protocol::SslRequest>(pkt) ||
-        std::holds_alternative<protocol::GssEncRequest>(pkt)) {
-      send("N");  // TLS and GSS encryption are not offered (yet)
+    if (std::holds_alternative<protocol::SslRequest>(pkt)) {
+      auto tls = tls_ ? nullptr : ctx_->pools->clientTls();
+      if (!tls) {
+        send("N");  // client_tls_sslmode = disable (or a second request inside TLS)
+        continue;
+      }
+      if (!in_.empty()) {
+        // Bytes sent before the handshake could be injected by a man in the middle
+        // (CVE-2021-23214): PostgreSQL refuses them too.
+        closeWithError(CloseReason::kProtocolViolation,
+                       "sluice: received unencrypted data after the TLS request");
+        return;
+      }
+      sendRaw("S");
+      startTls(std::move(tls));
+      continue;
+    }
+    if (std::holds_alternative<protocol::GssEncRequest>(pkt)) {
+      send("N");  // GSS encryption is not offered
       continue;
     }
     if (auto* c = std::get_if<protocol::CancelRequest>(&pkt)) {
@@ -454,12 +554,34 @@ bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
     const std::string& app = want_[protocol::kApplicationNameParam];
     want_.set(protocol::kApplicationNameParam, app.empty() ? host : app + " - " + host);
   }
+  if (!tls_ && s.client_tls_sslmode >= config::SslMode::kRequire && peer_ != "unix") {
+    return fatal(CloseReason::kNotAllowed,
+                 fmt::format("sluice: TLS is required (client_tls_sslmode = {}); connect with "
+                             "sslmode=require or stricter",
+                             config::sslModeName(s.client_tls_sslmode)));
+  }
   is_admin_ = database_ == "pgbouncer" || database_ == "sluice";
   log_connections_ = s.log_connections;
   const std::string* secret = nullptr;
   auto users = ctx_->pools->userList();
   if (users) secret = users->find(user_);
   config::AuthType type = s.auth_type;
+  if (type == config::AuthType::kCert) {
+    // The client certificate, verified against client_tls_ca_file, must name the user (CN).
+    if (!tls_ || !tls_->peerVerified()) {
+      return fatal(CloseReason::kNotAllowed,
+                   "sluice: certificate authentication failed for user \"" + user_ +
+                       "\": connect with TLS and a client certificate signed by "
+                       "client_tls_ca_file");
+    }
+    if (tls_->peerCommonName() != user_) {
+      return fatal(CloseReason::kNotAllowed,
+                   "sluice: certificate authentication failed for user \"" + user_ +
+                       "\": the certificate's common name is \"" + tls_->peerCommonName() +
+                       "\"");
+    }
+    type = config::AuthType::kTrust;
+  }
   if (is_admin_) {
     bool allowed =
         std::find(s.admin_users.begin(), s.admin_users.end(), user_) != s.admin_users.end() ||
@@ -489,7 +611,7 @@ bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
       }
     }
   }
-  if (type == config::AuthType::kTrust && !s.auth_file.empty() && !secret) {
+  if (s.auth_type == config::AuthType::kTrust && !s.auth_file.empty() && !secret) {
     // PgBouncer's rule: with trust, the user must still be listed in auth_file.
     return fatal(CloseReason::kNotAllowed,
                  "sluice: \"trust\" authentication failed for user \"" + user_ +

@@ -20,6 +20,7 @@
 #include "net/buffer.h"
 #include "net/event_loop.h"
 #include "net/outbox.h"
+#include "net/tls.h"
 #include "net/sys.h"
 #include "pool/pool.h"
 #include "pool/server_conn.h"
@@ -98,6 +99,8 @@ class ClientSession : public pool::PoolClient,
   const std::shared_ptr<pool::Pool>& pool() const { return pool_; }
   static constexpr size_t kStatementShown = 200;
   bool closing() const { return close_after_write_ || state_ == State::kClosed; }
+  // "TLSv1.3/TLS_AES_256_GCM_SHA384" when the client connected with TLS, "" when not.
+  std::string tlsDescription() const;
   // The session state that pinned this client to its server (transaction and statement
   // pooling, session_state = pin), kNone while it is not pinned. SHOW HOLDERS shows it.
   protocol::SessionState pinned() const { return pinned_; }
@@ -119,6 +122,11 @@ class ClientSession : public pool::PoolClient,
   void processAuth();
   void finishLogin();
   void sendWelcome();
+  // TLS from the client (net/tls.h): after an SSLRequest, or direct (PostgreSQL 17) when the
+  // connection opens with a TLS record.
+  void startTls(std::shared_ptr<const net::TlsContext> tls);
+  ssize_t recvTls(char* p, size_t room);
+  void sendRaw(std::string_view bytes);
   void processClient();  // relays the client's messages while logged in
   void processAdmin();
   bool needServer();     // returns true if a server is attached and ready to relay
@@ -161,6 +169,7 @@ class ClientSession : public pool::PoolClient,
   std::string peer_;
   net::ByteBuffer in_;
   net::Outbox outbox_;                         // what the client socket did not take yet
+  std::unique_ptr<net::TlsStream> tls_;        // set once the client asked for TLS
   std::unique_ptr<std::string> close_detail_;  // why it closes, once it does
   uint64_t transactions_ = 0;                  // server releases, for the close log line
   size_t passthrough_left_ = 0;                // bytes of a relayed client message not yet read
@@ -220,6 +229,7 @@ class ClientSession : public pool::PoolClient,
   // (transaction and statement pooling): before the server goes back, sluice reads the value.
   bool search_path_dirty_ = false;
   bool reading_search_path_ = false;  // kSyncing: readSearchPathThenRelease() is waiting
+  bool direct_tls_ = false;           // TLS without SSLRequest: ALPN "postgresql" is required
 };
 
 }  // namespace sluice::session

@@ -14,6 +14,7 @@ namespace sluice::stats {
   X(kClientEof, "client_eof", "", "")             /* the client went away */                  \
   X(kClientIoError, "client_io_error", "", "")    /* reading or writing failed */             \
   X(kCancelRequest, "cancel_request", "", "")     /* a CancelRequest connection */            \
+  X(kTlsFailed, "tls_failed", "", "")             /* handshake or TLS error: no way to tell */ \
   X(kBadStartup, "bad_startup", "08P01", "")                                                  \
   X(kNoUser, "no_user", "28000", "")                                                          \
   X(kNotAllowed, "not_allowed", "28000", "")                                                  \
