@@ -520,7 +520,8 @@ void Pool::onLoginDone(const std::shared_ptr<ServerConn>& server, Status st,
   }
   if (!to_fail.empty()) failWaiters(std::move(to_fail), err, fail_reason);
   if (st) {
-    SLOG_INFO("{} new server connection", server->describe());
+    SLOG_INFO("{} new server connection{}", server->describe(),
+              server->tlsDescription().empty() ? "" : " (" + server->tlsDescription() + ")");
     release(server);
     // Logins were capped by server_connect_parallelism: start the next ones for who still waits.
     std::lock_guard lock(mu_);

@@ -721,7 +721,13 @@ void ClientSession::sendWelcome() {
   protocol::appendReadyForQuery(out, 'I');
   send(out);
   state_ = State::kIdle;
-  if (log_connections_) SLOG_INFO("{} login ok", prefix());
+  if (log_connections_) {
+    if (tls_) {
+      SLOG_INFO("{} login ok ({})", prefix(), tlsDescription());
+    } else {
+      SLOG_INFO("{} login ok", prefix());
+    }
+  }
   processClient();
 }
 
