@@ -84,9 +84,12 @@ class TlsStream {
   std::string cipher() const;
   std::string alpn() const;  // the protocol agreed with ALPN; "" when none was
   const std::string& error() const { return error_; }
+  // Bytes the two memory BIOs hold allocated (for tests of the idle footprint).
+  size_t bioCapacity() const;
 
  private:
   void fail(const char* what);
+  BIO* shrink(BIO* bio, bool input);
 
   std::shared_ptr<const TlsContext> ctx_;
   SSL* ssl_ = nullptr;

@@ -187,6 +187,9 @@ TEST(TlsStreamTest, HandshakeVerifiesAndCarriesDataBothWays) {
   for (int i = 0; i < 100 && got.size() < sent.size(); ++i) Pair::pump(p.server, p.sfd, &got);
   EXPECT_EQ(got.size(), sent.size());
   EXPECT_TRUE(got == sent);
+  // Idle again (the last read found the socket empty): the large transfer's memory is gone.
+  EXPECT_LE(p.server.bioCapacity(), size_t{16} * 1024);
+  EXPECT_LE(p.client.bioCapacity(), size_t{16} * 1024);
 
   // Server to client, and a read smaller than a record leaves the rest buffered inside.
   std::string cipher;
