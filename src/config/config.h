@@ -40,10 +40,11 @@ struct DatabaseEntry {
   std::string name;  // the name clients connect to; "*" is the fallback entry
   std::string host;  // empty: unix socket in /var/run/postgresql; "/dir": unix socket dir
   int port = 5432;
-  std::string dbname;    // server-side database name; empty means same as `name`
-  std::string user;      // forced server user; empty means the client's user
-  std::string password;  // password for `user` (or for the client's user when user is empty)
-  std::string auth_user;
+  std::string dbname;       // server-side database name; empty means same as `name`
+  std::string user;         // forced server user; empty means the client's user
+  std::string password;     // password for `user` (or for the client's user when user is empty)
+  std::string auth_user;    // runs auth_query for clients of this database ("" = [pgbouncer]'s)
+  std::string auth_dbname;  // the [databases] entry auth_query runs in ("" = this one)
   std::optional<int> pool_size;
   std::optional<int> min_pool_size;
   std::optional<int> reserve_pool_size;
@@ -81,6 +82,10 @@ struct Settings {
   std::string auth_hba_file;
   std::string auth_user;
   std::string auth_query = "SELECT usename, passwd FROM pg_shadow WHERE usename=$1";
+  std::string auth_dbname;  // the [databases] entry auth_query runs in ("" = the client's)
+  // Clients between accept and the end of authentication, across all workers; beyond it a new
+  // connection is refused with 53300 (0 = no cap). Bounds what silent or slow clients can hold.
+  int max_pending_logins = 1000;
   std::vector<std::string> admin_users;
   std::vector<std::string> stats_users;
   // pooling

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 #include <poll.h>
+#include <pwd.h>
 #include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -289,6 +290,10 @@ void ClientSession::closeQuietly(CloseReason reason, const std::string& detail) 
     close_reason_ = reason;
   }
   State was = state_;
+  if (lookup_) {
+    lookup_->cancel();
+    lookup_.reset();
+  }
   if (wait_id_ && pool_) {
     pool_->cancelWait(wait_id_);
     wait_id_ = 0;
@@ -460,6 +465,11 @@ bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
   auto users = ctx_->pools->userList();
   if (users) secret = users->find(user_);
   config::AuthType type = s.auth_type;
+  if (type == config::AuthType::kHba) {
+    auto t = hbaAuthType(client_cert_cn_);
+    if (!t) return false;
+    type = *t;
+  }
   if (is_admin_) {
     bool allowed =
         std::find(s.admin_users.begin(), s.admin_users.end(), user_) != s.admin_users.end() ||
@@ -489,25 +499,152 @@ bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
       }
     }
   }
-  if (type == config::AuthType::kTrust && !s.auth_file.empty() && !secret) {
+  if (!secret && !is_admin_ && type != config::AuthType::kAny) {
+    const auto* entry = cfg->findDatabase(database_);
+    const std::string& auth_user =
+        entry && !entry->auth_user.empty() ? entry->auth_user : s.auth_user;
+    if (!auth_user.empty()) {
+      const std::string& auth_db = entry && !entry->auth_dbname.empty() ? entry->auth_dbname
+                                   : !s.auth_dbname.empty()             ? s.auth_dbname
+                                                                        : database_;
+      startAuthLookup(type, auth_user, auth_db);
+      return false;
+    }
+  }
+  beginAuth(type, secret);
+  return false;  // the rest of the buffer is handled by the next phase
+}
+
+void ClientSession::beginAuth(config::AuthType type, const std::string* secret) {
+  if (type == config::AuthType::kTrust && !settings().auth_file.empty() && !secret) {
     // PgBouncer's rule: with trust, the user must still be listed in auth_file.
-    return fatal(CloseReason::kNotAllowed,
-                 "sluice: \"trust\" authentication failed for user \"" + user_ +
-                     "\": with auth_type = trust the user must still be listed in auth_file");
+    closeWithError(CloseReason::kNotAllowed,
+                   "sluice: \"trust\" authentication failed for user \"" + user_ +
+                       "\": with auth_type = trust the user must still be listed in auth_file");
+    return;
   }
   state_ = State::kAuth;
   auth_ = std::make_unique<auth::ClientAuth>(type, user_, secret);
   auto step = auth_->start();
   if (step.outcome == auth::ClientAuth::Outcome::kFailed) {
     closeWithError(step.error, CloseReason::kAuthFailed);
-    return false;
+    return;
   }
   send(step.out);
   if (step.outcome == auth::ClientAuth::Outcome::kOk) finishLogin();
-  return false;  // the rest of the buffer is handled by the next phase
+}
+
+void ClientSession::startAuthLookup(config::AuthType type, const std::string& auth_user,
+                                    const std::string& auth_db) {
+  std::string err;
+  auto auth_pool = ctx_->pools->get(auth_db, auth_user, &err);
+  if (!auth_pool) {
+    closeWithError(CloseReason::kAuthQueryFailed, "sluice: auth_dbname: " + err);
+    return;
+  }
+  state_ = State::kAuth;  // nothing is read until the lookup answers
+  std::weak_ptr<ClientSession> weak = shared_from_this();
+  lookup_ = std::make_shared<AuthLookup>(
+      loop_, std::move(auth_pool), settings().auth_query, user_, settings().server_connect_timeout,
+      [weak, type](AuthLookup::Outcome o) {
+        auto self = weak.lock();
+        if (!self || self->closing() || !self->lookup_) return;
+        auto keep = std::move(self->lookup_);  // alive until this callback returns
+        if (!o.ok) {
+          self->closeWithError(o.error, o.reason);
+          return;
+        }
+        self->looked_up_secret_ = std::move(o.secret);
+        if (self->ctx_->pools->config()->settings.verbose > 0) {
+          SLOG_INFO("{} auth_query: user {}", self->prefix(),
+                    self->looked_up_secret_ ? "found" : "not found");
+        }
+        self->beginAuth(type, self->looked_up_secret_ ? &*self->looked_up_secret_ : nullptr);
+        if (self->state_ == State::kAuth) self->processAuth();
+      });
+  lookup_->start();
+}
+
+std::optional<config::AuthType> ClientSession::hbaAuthType(const std::string& cert_cn) {
+  auto rules = ctx_->hba();
+  if (!rules) {
+    closeWithError(CloseReason::kNotAllowed,
+                   "sluice: auth_type = hba but auth_hba_file could not be loaded (see the log)");
+    return std::nullopt;
+  }
+  auth::HbaConnection c;
+  c.database = database_;
+  c.user = user_;
+  c.tls = client_tls_;
+  sockaddr_storage sa{};
+  socklen_t len = sizeof(sa);
+  if (::getpeername(fd_, reinterpret_cast<sockaddr*>(&sa), &len) == 0 && sa.ss_family == AF_UNIX) {
+    c.local = true;
+  } else if (!auth::hbaSetAddress(c, &sa, len)) {
+    closeWithError(CloseReason::kNotAllowed, "sluice: cannot tell the client's address");
+    return std::nullopt;
+  }
+  const auth::HbaRule* rule = auth::matchHba(*rules, c);
+  if (!rule) {
+    closeWithError(CloseReason::kNotAllowed, auth::hbaNoMatchMessage(c));
+    return std::nullopt;
+  }
+  if (log_connections_) {
+    SLOG_DEBUG("{} {}:{} matched: {}", prefix(), rule->file, rule->line,
+               auth::hbaMethodName(rule->method));
+  }
+  switch (rule->method) {
+    case auth::HbaMethod::kTrust:
+      return config::AuthType::kTrust;
+    case auth::HbaMethod::kMd5:
+      return config::AuthType::kMd5;
+    case auth::HbaMethod::kPassword:
+      return config::AuthType::kPlain;
+    case auth::HbaMethod::kScramSha256:
+      return config::AuthType::kScramSha256;
+    case auth::HbaMethod::kReject:
+      closeWithError(CloseReason::kNotAllowed, auth::hbaRejectMessage(c));
+      return std::nullopt;
+    case auth::HbaMethod::kCert:
+      // PostgreSQL's messages; the CN must equal the user name (no map).
+      if (!c.tls || cert_cn.empty()) {
+        closeWithError(CloseReason::kNotAllowed, "connection requires a valid client certificate");
+        return std::nullopt;
+      }
+      if (!protocol::constantTimeEquals(cert_cn, user_)) {
+        closeWithError(CloseReason::kNotAllowed,
+                       "certificate authentication failed for user \"" + user_ + "\"");
+        return std::nullopt;
+      }
+      return config::AuthType::kAny;  // the certificate was the proof
+    case auth::HbaMethod::kPeer: {
+      // The OS user at the other end of the unix socket must be the database user.
+      ucred cred{};
+      socklen_t cl = sizeof(cred);
+      std::string os_user;
+      if (c.local && ::getsockopt(fd_, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0) {
+        passwd pw{};
+        passwd* found = nullptr;
+        char buf[1024];
+        if (::getpwuid_r(cred.uid, &pw, buf, sizeof(buf), &found) == 0 && found) {
+          os_user = found->pw_name;
+        }
+      }
+      if (os_user.empty() || os_user != user_) {
+        SLOG_INFO("{} peer authentication: the socket's OS user is \"{}\"", prefix(), os_user);
+        closeWithError(CloseReason::kNotAllowed,
+                       "Peer authentication failed for user \"" + user_ + "\"");
+        return std::nullopt;
+      }
+      return config::AuthType::kAny;
+    }
+  }
+  closeWithError(CloseReason::kNotAllowed, "sluice: unknown hba method");
+  return std::nullopt;
 }
 
 void ClientSession::processAuth() {
+  if (lookup_) return;  // the client speaks after sluice asks it for a password
   while (state_ == State::kAuth) {
     auto hdr = protocol::peekHeader(in_.data());
     if (!hdr) break;
@@ -536,6 +673,7 @@ void ClientSession::processAuth() {
 
 void ClientSession::finishLogin() {
   auth_.reset();
+  if (looked_up_secret_ && pool_) pool_->learnSecret(*looked_up_secret_);
   auto [pid, key] = ctx_->cancels.add(shared_from_this());
   cancel_pid_ = pid;
   cancel_key_ = key;
