@@ -42,9 +42,11 @@ ClientAuth::Step ClientAuth::start() {
       method_ = Method::kCleartext;
       break;
     case AuthType::kMd5:
-      // PgBouncer's rule: md5 auth with a SCRAM secret on file upgrades to SCRAM.
-      method_ = secret_ && protocol::secretKind(*secret_) == SecretKind::kScram ? Method::kScram
-                                                                                : Method::kMd5;
+      // PgBouncer's rule: md5 auth with a SCRAM secret on file upgrades to SCRAM. An unknown
+      // user gets what most users would get (PostgreSQL's mock follows password_encryption).
+      method_ = secret_ ? (protocol::secretKind(*secret_) == SecretKind::kScram ? Method::kScram
+                                                                                : Method::kMd5)
+                        : (unknown_as_scram_ ? Method::kScram : Method::kMd5);
       break;
     case AuthType::kScramSha256:
       method_ = Method::kScram;
@@ -142,16 +144,19 @@ ClientAuth::Step ClientAuth::onPasswordMessage(std::string_view payload) {
               secret = protocol::parseScramSecret(*secret_);
               break;
             case SecretKind::kPlain:
-              secret = protocol::scramSecretFromPassword(
-                  *secret_, protocol::md5Hex(user_ + "sluice").substr(0, 16), 4096);
+              secret = protocol::scramSecretFromPassword(*secret_, protocol::mockScramSalt(user_),
+                                                         protocol::kMockScramIterations);
               break;
             case SecretKind::kMd5:
               break;
           }
         }
         if (!secret) {
-          secret = protocol::scramSecretFromPassword(
-              protocol::randomBytes(16), protocol::md5Hex(user_ + "sluice").substr(0, 16), 4096);
+          // The mock exchange: a salt and iteration count as stable as a real user's, and a
+          // random password nobody can know.
+          secret = protocol::scramSecretFromPassword(protocol::randomBytes(16),
+                                                     protocol::mockScramSalt(user_),
+                                                     protocol::kMockScramIterations);
         }
         scram_.emplace(*secret);
         auto res = scram_->handleClientFirst(data);

@@ -193,6 +193,8 @@ std::shared_ptr<const Config> withSetting(const Config& base, const std::string&
 // password, "md5<32 hex>" or "SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>".
 struct UserList {
   std::map<std::string, std::string> secrets;
+  int scram_secrets = 0;  // how many secrets are SCRAM verifiers, how many md5 hashes
+  int md5_secrets = 0;
   const std::string* find(const std::string& user) const;
 };
 UserList loadUserList(const std::string& path);  // throws ConfigError

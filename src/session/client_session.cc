@@ -76,7 +76,26 @@ void ClientSession::start() {
   ctx_->loops[loop_->index()]->clients.insert(this);
   ctx_->client_count.fetch_add(1);
   slot_ = loop_->add(fd_, this, shared_from_this());
+  // Counted from accept to the end of authentication, across all loops: silent or slow
+  // clients cannot hold more than max_pending_logins connections at once.
+  pending_login_ = true;
+  int pending = ctx_->pending_logins.fetch_add(1, std::memory_order_relaxed) + 1;
+  int max = settings().max_pending_logins;
+  if (max > 0 && pending > max) {
+    closeWithError(CloseReason::kMaxPendingLogins,
+                   fmt::format("sluice: too many connections are logging in: max_pending_logins "
+                               "({}) reached; retry later, raise max_pending_logins, or lower "
+                               "client_login_timeout so that silent connections close sooner",
+                               max));
+    return;
+  }
   startRead();
+}
+
+void ClientSession::endPendingLogin() {
+  if (!pending_login_) return;
+  pending_login_ = false;
+  ctx_->pending_logins.fetch_sub(1, std::memory_order_relaxed);
 }
 
 // ---- I/O ----
@@ -290,6 +309,7 @@ void ClientSession::closeQuietly(CloseReason reason, const std::string& detail) 
     close_reason_ = reason;
   }
   State was = state_;
+  endPendingLogin();
   if (lookup_) {
     lookup_->cancel();
     lookup_.reset();
@@ -444,9 +464,11 @@ bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
       continue;
     }
     return fatal(CloseReason::kUnsupportedParameter,
-                 fmt::format("sluice: unsupported startup parameter: {}={} (add it to "
+                 // The value is not echoed: it goes to the log too, and may be anything
+                 // (options=-c password=... has been seen).
+                 fmt::format("sluice: unsupported startup parameter: {} (add it to "
                              "ignore_startup_parameters to let clients send it)",
-                             k, v));
+                             k));
   }
 
   if (s.application_name_add_host) {
@@ -475,9 +497,10 @@ bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
         std::find(s.admin_users.begin(), s.admin_users.end(), user_) != s.admin_users.end() ||
         std::find(s.stats_users.begin(), s.stats_users.end(), user_) != s.stats_users.end();
     if (!allowed) {
-      return fatal(CloseReason::kNotAllowed, "sluice: not allowed to use the admin console: \"" +
-                                                 user_ +
-                                                 "\" is in neither admin_users nor stats_users");
+      // As for a wrong password: the client learns nothing about who may use the console
+      // (PgBouncer 1.18 says "not allowed" before any password, which tells that the user is
+      // no admin); the log says why.
+      admin_denied_ = true;
     }
   } else {
     std::string err;
@@ -525,13 +548,35 @@ void ClientSession::beginAuth(config::AuthType type, const std::string* secret) 
   }
   state_ = State::kAuth;
   auth_ = std::make_unique<auth::ClientAuth>(type, user_, secret);
+  if (!secret) {
+    // An unknown user's mock exchange looks like what known users get: SCRAM when auth_file
+    // holds more SCRAM secrets than md5 ones, or when auth_query finds them (PostgreSQL's
+    // default password_encryption is scram-sha-256).
+    auto users = ctx_->pools->userList();
+    bool scram = lookup_tried_ || (users && users->scram_secrets * 2 > int(users->secrets.size()));
+    auth_->setUnknownUserScram(scram);
+  }
   auto step = auth_->start();
   if (step.outcome == auth::ClientAuth::Outcome::kFailed) {
     closeWithError(step.error, CloseReason::kAuthFailed);
     return;
   }
+  if (step.outcome == auth::ClientAuth::Outcome::kOk && admin_denied_) {
+    refuseAdmin();
+    return;
+  }
   send(step.out);
   if (step.outcome == auth::ClientAuth::Outcome::kOk) finishLogin();
+}
+
+void ClientSession::refuseAdmin() {
+  SLOG_INFO(
+      "{} not allowed to use the admin console: \"{}\" is in neither admin_users nor "
+      "stats_users (the client is told its password failed)",
+      prefix(), user_);
+  ErrorInfo e = makeError(sqlstate::kInvalidPassword,
+                          "password authentication failed for user \"" + user_ + "\"", "FATAL");
+  closeWithError(e, CloseReason::kNotAllowed);
 }
 
 void ClientSession::startAuthLookup(config::AuthType type, const std::string& auth_user,
@@ -555,6 +600,7 @@ void ClientSession::startAuthLookup(config::AuthType type, const std::string& au
           return;
         }
         self->looked_up_secret_ = std::move(o.secret);
+        self->lookup_tried_ = true;
         if (self->ctx_->pools->config()->settings.verbose > 0) {
           SLOG_INFO("{} auth_query: user {}", self->prefix(),
                     self->looked_up_secret_ ? "found" : "not found");
@@ -661,6 +707,10 @@ void ClientSession::processAuth() {
       closeWithError(step.error, CloseReason::kAuthFailed);
       return;
     }
+    if (step.outcome == auth::ClientAuth::Outcome::kOk && admin_denied_) {
+      refuseAdmin();
+      return;
+    }
     send(step.out);
     if (step.outcome == auth::ClientAuth::Outcome::kOk) {
       if (auto key = auth_->scramClientKey(); key && pool_) pool_->learnScramClientKey(*key);
@@ -673,6 +723,7 @@ void ClientSession::processAuth() {
 
 void ClientSession::finishLogin() {
   auth_.reset();
+  endPendingLogin();
   if (looked_up_secret_ && pool_) pool_->learnSecret(*looked_up_secret_);
   auto [pid, key] = ctx_->cancels.add(shared_from_this());
   cancel_pid_ = pid;

@@ -122,6 +122,9 @@ class ClientSession : public pool::PoolClient,
   std::optional<config::AuthType> hbaAuthType(const std::string& cert_cn);
   // Starts the exchange of `type` against `secret` (nullptr: unknown user, a mock exchange).
   void beginAuth(config::AuthType type, const std::string* secret);
+  // A console user in neither admin_users nor stats_users whose exchange succeeded: refused
+  // exactly like a wrong password (28P01), the reason logged.
+  void refuseAdmin();
   // The user is in neither auth_file nor [databases]: ask auth_query as `auth_user`, then
   // beginAuth with what it found.
   void startAuthLookup(config::AuthType type, const std::string& auth_user,
@@ -185,6 +188,12 @@ class ClientSession : public pool::PoolClient,
   // exchange and, once that succeeded, the pool's server logins).
   std::shared_ptr<AuthLookup> lookup_;
   std::optional<std::string> looked_up_secret_;
+  bool lookup_tried_ = false;
+  // The console user is in neither admin_users nor stats_users: the password exchange runs
+  // anyway and ends like a wrong password (the reason goes to the log only).
+  bool admin_denied_ = false;
+  bool pending_login_ = false;  // counted in SessionContext::pending_logins
+  void endPendingLogin();
   // Whether the client talks TLS (hostssl/hostnossl lines, cert); set by the TLS handshake.
   bool client_tls_ = false;
   // The CN of the client's verified certificate ("" without one), for hba's cert method.

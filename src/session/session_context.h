@@ -68,6 +68,7 @@ struct SessionContext {
   AdminHandler* admin = nullptr;
   std::vector<std::unique_ptr<LoopClients>> loops;  // indexed by EventLoop::index()
   std::atomic<int> client_count{0};                 // for max_client_conn
+  std::atomic<int> pending_logins{0};               // accepted, not yet authenticated
   std::atomic<bool> shutting_down{false};
   std::atomic<uint64_t> next_client_id{1};
 
