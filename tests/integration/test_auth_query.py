@@ -163,3 +163,30 @@ def test_broken_auth_query_is_reported(poolers, lookup_roles):
     assert err.sqlstate == "08006", err
     assert err.message.startswith("sluice: auth_query failed:"), err
     assert "nowhere" in err.message
+
+
+def test_default_auth_query_as_a_superuser(poolers, pg, lookup_roles):
+    # PgBouncer's default auth_query reads pg_shadow; its auth user must be a superuser. Here
+    # the superuser `postgres`, whom PostgreSQL trusts on 127.0.0.1, needs no secret at all.
+    p = poolers(settings={"auth_user": "postgres", "auth_query": None})
+    with p.connect("lookup_scram", LOOKUP["lookup_scram"][1]) as c:
+        assert c.execute("SELECT current_user").fetchone()[0] == "lookup_scram"
+    # No row at all for an unknown user: the same failure as a wrong password.
+    assert_bad_password(p.login_error("not_a_role_at_all", "pw"))
+    assert_bad_password(p.login_error("lookup_md5", "wrong"))
+
+
+@pytest.mark.sluice_only("PgBouncer 1.18 logs auth_query's results at verbose=2")
+def test_looked_up_secrets_are_not_logged(poolers, pg, lookup_roles):
+    p = lookup_pooler(poolers, settings={"verbose": 2})
+    for role, (_, password) in LOOKUP.items():
+        with p.connect(role, password) as c:
+            c.execute("SELECT 1")
+        assert_bad_password(p.login_error(role, "wrong"))
+    log = p.log()
+    assert "login ok" in log
+    for role in LOOKUP:
+        secret = pg.secret(role)
+        assert secret not in log
+        assert secret.split("$")[-1].split(":")[0] not in log  # nor the StoredKey alone
+    assert AUTH_PASSWORD not in log
