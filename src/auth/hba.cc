@@ -9,6 +9,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "protocol/auth_crypto.h"
+
 namespace sluice::auth {
 
 namespace {
@@ -544,6 +546,50 @@ const HbaRule* matchHba(const HbaRules& rules, const HbaConnection& c) {
     return &r;
   }
   return nullptr;
+}
+
+HbaVerdict hbaVerdict(const HbaRule* rule, const HbaConnection& c, std::string_view cert_cn,
+                      std::string_view peer_user) {
+  HbaVerdict v;
+  if (!rule) {
+    v.error = hbaNoMatchMessage(c);
+    return v;
+  }
+  switch (rule->method) {
+    case HbaMethod::kTrust:
+      v.type = config::AuthType::kTrust;
+      break;
+    case HbaMethod::kMd5:
+      v.type = config::AuthType::kMd5;
+      break;
+    case HbaMethod::kPassword:
+      v.type = config::AuthType::kPlain;
+      break;
+    case HbaMethod::kScramSha256:
+      v.type = config::AuthType::kScramSha256;
+      break;
+    case HbaMethod::kReject:
+      v.error = hbaRejectMessage(c);
+      break;
+    case HbaMethod::kCert:
+      // The certificate is the proof; its CN must be the user name (there are no maps).
+      if (!c.tls || cert_cn.empty()) {
+        v.error = "connection requires a valid client certificate";
+      } else if (!protocol::constantTimeEquals(cert_cn, c.user)) {
+        v.error = "certificate authentication failed for user \"" + c.user + "\"";
+      } else {
+        v.type = config::AuthType::kAny;
+      }
+      break;
+    case HbaMethod::kPeer:
+      if (!c.local || peer_user.empty() || peer_user != c.user) {
+        v.error = "Peer authentication failed for user \"" + c.user + "\"";
+      } else {
+        v.type = config::AuthType::kAny;
+      }
+      break;
+  }
+  return v;
 }
 
 std::string hbaHostText(const HbaConnection& c) {

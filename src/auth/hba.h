@@ -34,10 +34,12 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
 #include "common/status.h"
+#include "config/config.h"
 
 namespace sluice::auth {
 
@@ -103,6 +105,17 @@ struct HbaConnection {
 
 // The first rule that matches, nullptr if none does.
 const HbaRule* matchHba(const HbaRules& rules, const HbaConnection& c);
+
+// What the matching line (nullptr: none) means for this client: the auth type to run, or a
+// refusal (SQLSTATE 28000) with PostgreSQL's message. `cert_cn` is the CN of the client's
+// verified certificate ("" without one); `peer_user` the OS user at the other end of a unix
+// socket ("" if unknown), asked for only by a `peer` line.
+struct HbaVerdict {
+  std::optional<config::AuthType> type;  // nullopt: refused
+  std::string error;                     // when refused
+};
+HbaVerdict hbaVerdict(const HbaRule* rule, const HbaConnection& c, std::string_view cert_cn,
+                      std::string_view peer_user);
 
 // PostgreSQL's wording for the client's host ("[local]" or the address) and its messages:
 // no line matched (28000), and a `reject` line matched (28000).

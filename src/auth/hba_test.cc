@@ -266,6 +266,47 @@ TEST(Hba, Messages) {
   EXPECT_EQ(hbaHostText(tcp("::1", "d", "u")), "::1");
 }
 
+TEST(Hba, VerdictPerMethod) {
+  auto rules = parseOk(
+      "host a all all trust\n"
+      "host b all all md5\n"
+      "host c all all password\n"
+      "host d all all scram-sha-256\n"
+      "host e all all reject\n"
+      "hostssl f all all cert\n"
+      "local g all peer\n");
+  auto type = [&](HbaConnection c, std::string_view cn = "", std::string_view os = "") {
+    return hbaVerdict(matchHba(rules, c), c, cn, os);
+  };
+  EXPECT_EQ(type(tcp("1.1.1.1", "a", "u")).type, config::AuthType::kTrust);
+  EXPECT_EQ(type(tcp("1.1.1.1", "b", "u")).type, config::AuthType::kMd5);
+  EXPECT_EQ(type(tcp("1.1.1.1", "c", "u")).type, config::AuthType::kPlain);
+  EXPECT_EQ(type(tcp("1.1.1.1", "d", "u")).type, config::AuthType::kScramSha256);
+  auto rejected = type(tcp("1.1.1.1", "e", "u"));
+  EXPECT_FALSE(rejected.type);
+  EXPECT_EQ(rejected.error,
+            "pg_hba.conf rejects connection for host \"1.1.1.1\", user \"u\", database \"e\", "
+            "no encryption");
+  auto none = type(tcp("1.1.1.1", "zzz", "u"));
+  EXPECT_FALSE(none.type);
+  EXPECT_EQ(none.error.rfind("no pg_hba.conf entry for host \"1.1.1.1\"", 0), 0u);
+  // cert: only over TLS (hostssl), with a certificate whose CN is the user.
+  EXPECT_EQ(type(tcp("1.1.1.1", "f", "alice")).error,
+            "no pg_hba.conf entry for host \"1.1.1.1\", user \"alice\", database \"f\", no "
+            "encryption");
+  EXPECT_EQ(type(tcp("1.1.1.1", "f", "alice", true)).error,
+            "connection requires a valid client certificate");
+  EXPECT_EQ(type(tcp("1.1.1.1", "f", "alice", true), "mallory").error,
+            "certificate authentication failed for user \"alice\"");
+  EXPECT_EQ(type(tcp("1.1.1.1", "f", "alice", true), "alice").type, config::AuthType::kAny);
+  // peer: the socket's OS user must be the database user.
+  EXPECT_EQ(type(local("g", "alice"), "", "alice").type, config::AuthType::kAny);
+  EXPECT_EQ(type(local("g", "alice"), "", "root").error,
+            "Peer authentication failed for user \"alice\"");
+  EXPECT_EQ(type(local("g", "alice"), "", "").error,
+            "Peer authentication failed for user \"alice\"");
+}
+
 struct ErrorCase {
   const char* text;
   const char* error;

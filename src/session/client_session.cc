@@ -631,62 +631,33 @@ std::optional<config::AuthType> ClientSession::hbaAuthType(const std::string& ce
     return std::nullopt;
   }
   const auth::HbaRule* rule = auth::matchHba(*rules, c);
-  if (!rule) {
-    closeWithError(CloseReason::kNotAllowed, auth::hbaNoMatchMessage(c));
-    return std::nullopt;
+  std::string peer_user;
+  if (rule && rule->method == auth::HbaMethod::kPeer && c.local) {
+    // The OS user at the other end of the unix socket.
+    ucred cred{};
+    socklen_t cl = sizeof(cred);
+    if (::getsockopt(fd_, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0) {
+      passwd pw{};
+      passwd* found = nullptr;
+      char buf[1024];
+      if (::getpwuid_r(cred.uid, &pw, buf, sizeof(buf), &found) == 0 && found) {
+        peer_user = found->pw_name;
+      }
+    }
   }
-  if (log_connections_) {
+  auth::HbaVerdict v = auth::hbaVerdict(rule, c, cert_cn, peer_user);
+  if (rule) {
     SLOG_DEBUG("{} {}:{} matched: {}", prefix(), rule->file, rule->line,
                auth::hbaMethodName(rule->method));
   }
-  switch (rule->method) {
-    case auth::HbaMethod::kTrust:
-      return config::AuthType::kTrust;
-    case auth::HbaMethod::kMd5:
-      return config::AuthType::kMd5;
-    case auth::HbaMethod::kPassword:
-      return config::AuthType::kPlain;
-    case auth::HbaMethod::kScramSha256:
-      return config::AuthType::kScramSha256;
-    case auth::HbaMethod::kReject:
-      closeWithError(CloseReason::kNotAllowed, auth::hbaRejectMessage(c));
-      return std::nullopt;
-    case auth::HbaMethod::kCert:
-      // PostgreSQL's messages; the CN must equal the user name (no map).
-      if (!c.tls || cert_cn.empty()) {
-        closeWithError(CloseReason::kNotAllowed, "connection requires a valid client certificate");
-        return std::nullopt;
-      }
-      if (!protocol::constantTimeEquals(cert_cn, user_)) {
-        closeWithError(CloseReason::kNotAllowed,
-                       "certificate authentication failed for user \"" + user_ + "\"");
-        return std::nullopt;
-      }
-      return config::AuthType::kAny;  // the certificate was the proof
-    case auth::HbaMethod::kPeer: {
-      // The OS user at the other end of the unix socket must be the database user.
-      ucred cred{};
-      socklen_t cl = sizeof(cred);
-      std::string os_user;
-      if (c.local && ::getsockopt(fd_, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0) {
-        passwd pw{};
-        passwd* found = nullptr;
-        char buf[1024];
-        if (::getpwuid_r(cred.uid, &pw, buf, sizeof(buf), &found) == 0 && found) {
-          os_user = found->pw_name;
-        }
-      }
-      if (os_user.empty() || os_user != user_) {
-        SLOG_INFO("{} peer authentication: the socket's OS user is \"{}\"", prefix(), os_user);
-        closeWithError(CloseReason::kNotAllowed,
-                       "Peer authentication failed for user \"" + user_ + "\"");
-        return std::nullopt;
-      }
-      return config::AuthType::kAny;
-    }
+  if (!v.type && rule && rule->method == auth::HbaMethod::kPeer) {
+    SLOG_INFO("{} peer authentication: the socket's OS user is \"{}\"", prefix(), peer_user);
   }
-  closeWithError(CloseReason::kNotAllowed, "sluice: unknown hba method");
-  return std::nullopt;
+  if (!v.type) {
+    closeWithError(CloseReason::kNotAllowed, v.error);
+    return std::nullopt;
+  }
+  return v.type;
 }
 
 void ClientSession::processAuth() {
