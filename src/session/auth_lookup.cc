@@ -21,7 +21,8 @@ AuthLookup::~AuthLookup() = default;
 void AuthLookup::start() { acquire(); }
 
 void AuthLookup::acquire() {
-  auto r = pool_->acquire(shared_from_this(), "auth_query");
+  auto self = shared_from_this();  // the callbacks below may drop the owner's reference
+  auto r = pool_->acquire(self, "auth_query");
   if (r.server) {
     onServerAssigned(std::move(r.server));
   } else {
