@@ -665,9 +665,18 @@ void ClientSession::processAuth() {
   while (state_ == State::kAuth) {
     auto hdr = protocol::peekHeader(in_.data());
     if (!hdr) break;
-    if (hdr->type != 'p' || hdr->length < 4 || hdr->length > 16 * 1024) {
+    // A password, an md5 answer or a SCRAM message is a few hundred bytes at most.
+    constexpr uint32_t kMaxPasswordMessage = 16 * 1024;
+    if (hdr->type != 'p' || hdr->length < 4) {
       closeWithError(CloseReason::kProtocolViolation,
                      "sluice: expected a password message during authentication");
+      return;
+    }
+    if (hdr->length > kMaxPasswordMessage) {
+      closeWithError(CloseReason::kProtocolViolation,
+                     fmt::format("sluice: password message of {} bytes is over the limit of {} "
+                                 "bytes for authentication messages",
+                                 hdr->length, kMaxPasswordMessage));
       return;
     }
     if (in_.size() < hdr->total()) break;

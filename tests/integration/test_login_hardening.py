@@ -212,3 +212,18 @@ def test_silent_client_is_closed_after_client_login_timeout(poolers):
     with p.connect("sluice_md5") as c:
         time.sleep(1.5)
         assert c.execute("SELECT 1").fetchone()[0] == 1
+
+
+@pytest.mark.sluice_only("sluice's limit on authentication messages")
+def test_oversized_password_message_is_refused_naming_the_limit(poolers):
+    p = poolers(settings={"auth_type": "plain"})
+    with startup(p, "sluice_md5") as conn:
+        assert auth_request(conn)[0] == 3
+        # Only the header: a 1 MB password the pooler must not wait for.
+        conn.sock.sendall(b"p" + struct.pack("!I", 1 << 20))
+        kind, msg = conn.read_message()
+        assert kind == b"E"
+        fields = pgwire._fields(msg)
+        assert (fields["S"], fields["C"]) == ("FATAL", "08P01")
+        assert fields["M"] == ("sluice: password message of 1048576 bytes is over the limit of "
+                               "16384 bytes for authentication messages")
