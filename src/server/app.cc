@@ -349,7 +349,11 @@ void App::setConfigAsync(std::string key, std::string value,
       control_, [this, key = std::move(key), value = std::move(value), done = std::move(done)] {
         try {
           auto cfg = config::withSetting(*cfg_, key, value);
+          // SET auth_type = hba or SET auth_hba_file reads the file now; a bad one refuses the
+          // SET and changes nothing.
+          auto hba = loadHbaRules(*cfg);
           cfg_ = cfg;
+          ctx_.setHba(hba);
           pools_->setConfig(cfg, pools_->userList());
           SLOG_INFO("SET {} = '{}': applied (until the next reload reads the file)", key, value);
           done("");

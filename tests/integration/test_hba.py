@@ -174,3 +174,20 @@ def test_group_entries_warn_and_never_match(poolers):
     p, path = hba_pooler(poolers, "host all +admins all trust\nhost all all all md5\n")
     assert first_auth_request(p, "admins") == MD5
     assert f"{path}:1: +admins: group membership (+role) is not supported" in p.log()
+
+
+@pytest.mark.sluice_only("SET on sluice's console reads the hba file")
+def test_set_auth_type_hba_on_the_console_reads_the_file(poolers):
+    p = poolers(settings={"auth_type": "md5"})
+    path = p.dir / "hba.conf"
+    write_file(path, "host all all 127.0.0.1/32 trust\n")
+    assert first_auth_request(p, "sluice_md5") == MD5
+    p.admin(f"SET auth_hba_file = '{path}'")
+    p.admin("SET auth_type = 'hba'")
+    assert first_auth_request(p, "sluice_md5") == AUTH_OK
+    # A bad file refuses the SET and changes nothing.
+    bad = p.dir / "bad.conf"
+    write_file(bad, "host all all all ldap\n")
+    with pytest.raises(psycopg.Error, match="ldap"):
+        p.admin(f"SET auth_hba_file = '{bad}'")
+    assert first_auth_request(p, "sluice_md5") == AUTH_OK
