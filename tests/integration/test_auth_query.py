@@ -190,3 +190,23 @@ def test_looked_up_secrets_are_not_logged(poolers, pg, lookup_roles):
         assert secret not in log
         assert secret.split("$")[-1].split(":")[0] not in log  # nor the StoredKey alone
     assert AUTH_PASSWORD not in log
+
+
+@pytest.mark.sluice_only("PgBouncer 1.18 does not parse the address `all`")
+def test_hba_method_with_a_looked_up_secret(poolers, pg, lookup_roles):
+    from harness import write_file
+    p = poolers(settings={"auth_user": AUTH_USER, "auth_query": QUERY, "auth_type": "hba"},
+                users={AUTH_USER: AUTH_PASSWORD}, start=False)
+    hba = p.dir / "hba.conf"
+    write_file(hba, "host all lookup_md5 all md5\nhost all all all scram-sha-256\n")
+    p.rewrite(settings={"auth_hba_file": str(hba)}, reload=False)
+    p.start()
+    for role, (_, password) in LOOKUP.items():
+        with p.connect(role, password) as c:
+            assert c.execute("SELECT current_user").fetchone()[0] == role
+    # SCRAM line, md5 secret: the client cannot prove it (as in PostgreSQL).
+    write_file(hba, "host all all all scram-sha-256\n")
+    p.reload()
+    wait_until(lambda: p.log().count("SIGHUP") >= 1, 10, what="the reload")
+    time.sleep(0.2)
+    assert_bad_password(p.login_error("lookup_md5", LOOKUP["lookup_md5"][1]))
