@@ -152,11 +152,16 @@ ClientAuth::Step ClientAuth::onPasswordMessage(std::string_view payload) {
           }
         }
         if (!secret) {
-          // The mock exchange: a salt and iteration count as stable as a real user's, and a
-          // random password nobody can know.
-          secret = protocol::scramSecretFromPassword(protocol::randomBytes(16),
-                                                     protocol::mockScramSalt(user_),
-                                                     protocol::kMockScramIterations);
+          // The mock exchange: a salt and iteration count as stable as a real user's, and random
+          // keys nobody can know. No PBKDF2 runs, as for a user with a stored SCRAM verifier, so
+          // the time to answer does not tell an unknown user either.
+          protocol::ScramSecret mock;
+          mock.iterations = protocol::kMockScramIterations;
+          mock.salt = protocol::mockScramSalt(user_);
+          std::string keys = protocol::randomBytes(64);
+          std::memcpy(mock.stored_key.data(), keys.data(), 32);
+          std::memcpy(mock.server_key.data(), keys.data() + 32, 32);
+          secret = std::move(mock);
         }
         scram_.emplace(*secret);
         auto res = scram_->handleClientFirst(data);
