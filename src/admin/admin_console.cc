@@ -697,6 +697,8 @@ const std::vector<ConfigKey>& configKeys() {
         key("auth_hba_file", &S::auth_hba_file),
         key("auth_user", &S::auth_user),
         key("auth_query", &S::auth_query),
+        key("auth_dbname", &S::auth_dbname),
+        key("max_pending_logins", &S::max_pending_logins),
         key("admin_users", &S::admin_users),
         key("stats_users", &S::stats_users),
         key("pool_mode", &S::pool_mode),

@@ -42,9 +42,11 @@ ClientAuth::Step ClientAuth::start() {
       method_ = Method::kCleartext;
       break;
     case AuthType::kMd5:
-      // PgBouncer's rule: md5 auth with a SCRAM secret on file upgrades to SCRAM.
-      method_ = secret_ && protocol::secretKind(*secret_) == SecretKind::kScram ? Method::kScram
-                                                                                : Method::kMd5;
+      // PgBouncer's rule: md5 auth with a SCRAM secret on file upgrades to SCRAM. An unknown
+      // user gets what most users would get (PostgreSQL's mock follows password_encryption).
+      method_ = secret_ ? (protocol::secretKind(*secret_) == SecretKind::kScram ? Method::kScram
+                                                                                : Method::kMd5)
+                        : (unknown_as_scram_ ? Method::kScram : Method::kMd5);
       break;
     case AuthType::kScramSha256:
       method_ = Method::kScram;
@@ -142,16 +144,24 @@ ClientAuth::Step ClientAuth::onPasswordMessage(std::string_view payload) {
               secret = protocol::parseScramSecret(*secret_);
               break;
             case SecretKind::kPlain:
-              secret = protocol::scramSecretFromPassword(
-                  *secret_, protocol::md5Hex(user_ + "sluice").substr(0, 16), 4096);
+              secret = protocol::scramSecretFromPassword(*secret_, protocol::mockScramSalt(user_),
+                                                         protocol::kMockScramIterations);
               break;
             case SecretKind::kMd5:
               break;
           }
         }
         if (!secret) {
-          secret = protocol::scramSecretFromPassword(
-              protocol::randomBytes(16), protocol::md5Hex(user_ + "sluice").substr(0, 16), 4096);
+          // The mock exchange: a salt and iteration count as stable as a real user's, and random
+          // keys nobody can know. No PBKDF2 runs, as for a user with a stored SCRAM verifier, so
+          // the time to answer does not tell an unknown user either.
+          protocol::ScramSecret mock;
+          mock.iterations = protocol::kMockScramIterations;
+          mock.salt = protocol::mockScramSalt(user_);
+          std::string keys = protocol::randomBytes(64);
+          std::memcpy(mock.stored_key.data(), keys.data(), 32);
+          std::memcpy(mock.server_key.data(), keys.data() + 32, 32);
+          secret = std::move(mock);
         }
         scram_.emplace(*secret);
         auto res = scram_->handleClientFirst(data);

@@ -29,6 +29,10 @@ class ClientAuth {
   ClientAuth(config::AuthType type, std::string user, const std::string* secret);
   ~ClientAuth();
 
+  // With auth_type md5, whether an unknown user runs the mock exchange as SCRAM (when the
+  // known users' secrets are mostly SCRAM, an md5 request would tell the user is unknown).
+  void setUnknownUserScram(bool scram) { unknown_as_scram_ = scram; }
+
   Step start();
   Step onPasswordMessage(std::string_view payload);
 
@@ -47,6 +51,7 @@ class ClientAuth {
   uint8_t salt_[4] = {0, 0, 0, 0};
   std::optional<protocol::ScramServer> scram_;
   bool scram_first_done_ = false;
+  bool unknown_as_scram_ = false;
 };
 
 }  // namespace sluice::auth

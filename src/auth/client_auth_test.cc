@@ -395,6 +395,33 @@ TEST(ClientAuth, UnknownUserGetsAStableMockSalt) {
   EXPECT_NE(a.find(",i=4096"), std::string::npos) << a;
 }
 
+TEST(ClientAuth, MockSaltIsKeyedPerProcessAndPerUser) {
+  std::string a = protocol::mockScramSalt("mallory");
+  EXPECT_EQ(a.size(), 16u);
+  EXPECT_EQ(a, protocol::mockScramSalt("mallory"));
+  EXPECT_NE(a, protocol::mockScramSalt("mallorz"));
+  // Not derivable from the name alone (the first version used md5(user + "sluice")).
+  EXPECT_NE(protocol::base64Encode(a),
+            protocol::base64Encode(protocol::md5Hex("mallorysluice").substr(0, 16)));
+}
+
+TEST(ClientAuth, Md5UnknownUserRunsTheExchangeKnownUsersGet) {
+  for (bool scram : {false, true}) {
+    ClientAuth auth(AuthType::kMd5, "nobody", nullptr);
+    auth.setUnknownUserScram(scram);
+    auto reqs = authRequests(auth.start().out);
+    ASSERT_EQ(reqs.size(), 1u);
+    EXPECT_EQ(reqs[0].code, scram ? protocol::kAuthSasl : protocol::kAuthMd5);
+  }
+  // A known user's secret decides, whatever the setting.
+  std::string md5 = protocol::md5PasswordSecret("alice", "pw");
+  ClientAuth known(AuthType::kMd5, "alice", &md5);
+  known.setUnknownUserScram(true);
+  auto reqs = authRequests(known.start().out);
+  ASSERT_EQ(reqs.size(), 1u);
+  EXPECT_EQ(reqs[0].code, protocol::kAuthMd5);
+}
+
 TEST(ClientAuth, UnsupportedAuthTypesFailAtStart) {
   for (AuthType t : {AuthType::kCert, AuthType::kHba}) {
     std::string secret = plainSecret();

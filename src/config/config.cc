@@ -67,7 +67,7 @@ constexpr char kExpectSslMode[] =
 // [pgbouncer] keys of PgBouncer (up to 1.24) that sluice accepts but does not act on yet.
 // clang-format off
 constexpr std::string_view kUnimplementedSettings[] = {
-    "auth_dbname", "auth_ident_file", "auth_ldap_options", "scram_iterations",
+    "auth_ident_file", "auth_ldap_options", "scram_iterations",
     "autodb_idle_timeout", "max_db_client_connections", "max_user_client_connections",
     "query_wait_notify", "transaction_timeout", "disable_pqexec", "sbuf_loopcnt",
     "dns_max_ttl", "dns_nxdomain_ttl", "dns_zone_check_period", "resolv_conf",
@@ -79,8 +79,8 @@ constexpr std::string_view kUnimplementedSettings[] = {
 // clang-format on
 
 // Connection-string keys newer PgBouncers accept in [databases] / [users] that sluice ignores.
-constexpr std::string_view kUnimplementedDatabaseKeys[] = {
-    "auth_dbname", "auth_query", "load_balance_hosts", "max_db_client_connections"};
+constexpr std::string_view kUnimplementedDatabaseKeys[] = {"auth_query", "load_balance_hosts",
+                                                           "max_db_client_connections"};
 constexpr std::string_view kUnimplementedUserKeys[] = {"max_user_client_connections"};
 
 template <typename T, size_t N>
@@ -279,6 +279,8 @@ const SettingSpec kSettingSpecs[] = {
     {"auth_hba_file", &Settings::auth_hba_file},
     {"auth_user", &Settings::auth_user},
     {"auth_query", &Settings::auth_query},
+    {"auth_dbname", &Settings::auth_dbname},
+    {"max_pending_logins", IntSetting{&Settings::max_pending_logins, 0, kIntMax}},
     {"admin_users", ListSetting{&Settings::admin_users}},
     {"stats_users", ListSetting{&Settings::stats_users}},
     // pooling
@@ -555,6 +557,7 @@ class Loader {
         {"user", &DatabaseEntry::user},
         {"password", &DatabaseEntry::password},
         {"auth_user", &DatabaseEntry::auth_user},
+        {"auth_dbname", &DatabaseEntry::auth_dbname},
         {"client_encoding", &DatabaseEntry::client_encoding},
         {"datestyle", &DatabaseEntry::datestyle},
         {"timezone", &DatabaseEntry::timezone},
@@ -585,7 +588,7 @@ class Loader {
         notImplemented(where, key);
       } else {
         fail(what, "unknown parameter '", key,
-             "'; expected host, port, dbname, user, password, auth_user, "
+             "'; expected host, port, dbname, user, password, auth_user, auth_dbname, "
              "pool_size, min_pool_size, reserve_pool, max_db_connections, pool_mode, "
              "client_encoding, datestyle, timezone, application_name or "
              "connect_query");

@@ -43,10 +43,11 @@ struct DatabaseEntry {
   std::string name;  // the name clients connect to; "*" is the fallback entry
   std::string host;  // empty: unix socket in /var/run/postgresql; "/dir": unix socket dir
   int port = 5432;
-  std::string dbname;    // server-side database name; empty means same as `name`
-  std::string user;      // forced server user; empty means the client's user
-  std::string password;  // password for `user` (or for the client's user when user is empty)
-  std::string auth_user;
+  std::string dbname;       // server-side database name; empty means same as `name`
+  std::string user;         // forced server user; empty means the client's user
+  std::string password;     // password for `user` (or for the client's user when user is empty)
+  std::string auth_user;    // runs auth_query for clients of this database ("" = [pgbouncer]'s)
+  std::string auth_dbname;  // the [databases] entry auth_query runs in ("" = this one)
   std::optional<int> pool_size;
   std::optional<int> min_pool_size;
   std::optional<int> reserve_pool_size;
@@ -84,6 +85,10 @@ struct Settings {
   std::string auth_hba_file;
   std::string auth_user;
   std::string auth_query = "SELECT usename, passwd FROM pg_shadow WHERE usename=$1";
+  std::string auth_dbname;  // the [databases] entry auth_query runs in ("" = the client's)
+  // Clients between accept and the end of authentication, across all workers; beyond it a new
+  // connection is refused with 53300 (0 = no cap). Bounds what silent or slow clients can hold.
+  int max_pending_logins = 1000;
   std::vector<std::string> admin_users;
   std::vector<std::string> stats_users;
   // pooling
@@ -212,6 +217,8 @@ std::shared_ptr<const Config> withSetting(const Config& base, const std::string&
 // password, "md5<32 hex>" or "SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>".
 struct UserList {
   std::map<std::string, std::string> secrets;
+  int scram_secrets = 0;  // how many secrets are SCRAM verifiers, how many md5 hashes
+  int md5_secrets = 0;
   const std::string* find(const std::string& user) const;
 };
 UserList loadUserList(const std::string& path);  // throws ConfigError

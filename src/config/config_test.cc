@@ -461,6 +461,21 @@ TEST(ConfigTest, PeersSectionWarnsOnce) {
                                                         "implemented by sluice yet; ignored"}));
 }
 
+TEST(ConfigTest, AuthLookupAndPendingLoginSettings) {
+  auto config = parse(
+      "[databases]\napp = host=db1 auth_user=lookup auth_dbname=authdb\n"
+      "[pgbouncer]\nauth_user = pgb\nauth_dbname = postgres\nmax_pending_logins = 50\n");
+  EXPECT_TRUE(config->warnings.empty());
+  EXPECT_EQ(config->settings.auth_dbname, "postgres");
+  EXPECT_EQ(config->settings.max_pending_logins, 50);
+  EXPECT_EQ(config->databases[0].auth_user, "lookup");
+  EXPECT_EQ(config->databases[0].auth_dbname, "authdb");
+  EXPECT_EQ(parse("[pgbouncer]\n")->settings.max_pending_logins, 1000);
+  EXPECT_EQ(errorOf("[pgbouncer]\nmax_pending_logins = -1\n"),
+            "/etc/sluice.ini:2: max_pending_logins = '-1': expected an integer between 0 and "
+            "2147483647");
+}
+
 // ---- [databases] and [users] ----
 
 TEST(ConfigTest, DatabaseConnStringFields) {
@@ -542,7 +557,8 @@ TEST(ConfigTest, DuplicateDatabaseIsAnError) {
 TEST(ConfigTest, BadConnStringKeyIsAnError) {
   EXPECT_EQ(errorOf("[databases]\napp = hots=db1\n"),
             "/etc/sluice.ini:2: database 'app': unknown parameter 'hots'; expected host, port, "
-            "dbname, user, password, auth_user, pool_size, min_pool_size, reserve_pool, "
+            "dbname, user, password, auth_user, auth_dbname, pool_size, min_pool_size, "
+            "reserve_pool, "
             "max_db_connections, pool_mode, client_encoding, datestyle, timezone, "
             "application_name or connect_query");
 }

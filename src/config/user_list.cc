@@ -4,6 +4,7 @@
 
 #include "config/config.h"
 #include "config/text_util.h"
+#include "protocol/auth_crypto.h"
 
 namespace sluice::config {
 
@@ -36,6 +37,18 @@ UserList parseUserList(const std::string& text, const std::string& path) {
       throw ConfigError(path + ":" + std::to_string(line_no) + ": empty user name");
     }
     list.secrets[*user] = *secret;  // a later line for the same user wins, as in PgBouncer
+  }
+  for (const auto& [u, sec] : list.secrets) {
+    switch (protocol::secretKind(sec)) {
+      case protocol::SecretKind::kScram:
+        ++list.scram_secrets;
+        break;
+      case protocol::SecretKind::kMd5:
+        ++list.md5_secrets;
+        break;
+      case protocol::SecretKind::kPlain:
+        break;
+    }
   }
   return list;
 }

@@ -119,6 +119,9 @@ std::string renderMetrics(const session::SessionContext& ctx, const admin::Usage
   e.family("sluice_client_connections", "gauge",
            "Client connections open, in any state (max_client_conn counts these)");
   e.sample("sluice_client_connections", {}, ctx.client_count.load(std::memory_order_relaxed));
+  e.family("sluice_pending_logins", "gauge",
+           "Client connections accepted and not yet authenticated (max_pending_logins caps them)");
+  e.sample("sluice_pending_logins", {}, ctx.pending_logins.load(std::memory_order_relaxed));
   e.family("sluice_loop_heartbeat_age_seconds", "gauge",
            "Seconds since each worker loop last ran its periodic task (stalled above 2)");
   auto t = Clock::now();

@@ -86,6 +86,11 @@ void Pool::learnScramClientKey(const std::array<uint8_t, 32>& key) {
   scram_client_key_ = key;
 }
 
+void Pool::learnSecret(const std::string& secret) {
+  std::lock_guard lock(mu_);
+  learned_secret_ = secret;
+}
+
 bool Pool::mayOpenLocked(bool reserve) {
   if (paused_) return false;
   int limit = settings_.pool_size + (reserve ? settings_.reserve_pool_size : 0);
@@ -211,6 +216,7 @@ void Pool::launchConnectLocked(net::EventLoop* loop) {
   ++current_generation_;
   ServerLogin login = settings_.login;
   login.scram_client_key = scram_client_key_;
+  if (login.secret.empty()) login.secret = learned_secret_;
   auto server = std::make_shared<ServerConn>(this, loop, registry_->nextServerId());
   server->generation = generation_;
   auto self = shared_from_this();

@@ -185,6 +185,9 @@ class Pool : public std::enable_shared_from_this<Pool> {
   protocol::TrackedSet internTracked(const protocol::TrackedSet& set);
   bool hasWelcome() const;
   void learnScramClientKey(const std::array<uint8_t, 32>& key);
+  // The user's secret found by auth_query (no auth_file entry, no password= in [databases]):
+  // later server logins use it. The latest lookup wins (a changed password is picked up).
+  void learnSecret(const std::string& secret);
   // Clients pinned to a server by session state (transaction and statement mode) may hold at
   // most maxPinnedServers() of the pool's servers, so that LISTEN sessions and the like cannot
   // starve its transactions. tryPin() takes a place if one is free; forcePin() takes one
@@ -285,6 +288,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
   std::vector<protocol::TrackedSet> interned_tracked_;       // GUARDED_BY(mu_)
   bool has_welcome_ = false;                                 // GUARDED_BY(mu_)
   std::optional<std::array<uint8_t, 32>> scram_client_key_;  // GUARDED_BY(mu_)
+  std::string learned_secret_;                               // GUARDED_BY(mu_)
   uint64_t generation_ = 0;     // bumped by closeIdle(); older servers close on release
   int current_generation_ = 0;  // servers of generation_ (GUARDED_BY(mu_)); the rest are stale
   bool paused_ = false;         // GUARDED_BY(mu_)

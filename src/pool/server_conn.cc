@@ -542,10 +542,24 @@ void ServerConn::resumeReading() {
   processActive();
 }
 
+void ServerConn::runInternalParams(std::string sql, std::vector<std::optional<std::string>> params,
+                                   std::function<void(Status)> done) {
+  internal_ = std::move(done);
+  internal_error_.clear();
+  internal_value_.clear();
+  internal_row_.clear();
+  ++owed_ready_;
+  std::string msg;
+  protocol::appendParameterizedQuery(msg, sql, params);
+  send(msg);
+  startRead();
+}
+
 void ServerConn::runInternal(std::string sql, std::function<void(Status)> done) {
   internal_ = std::move(done);
   internal_error_.clear();
   internal_value_.clear();
+  internal_row_.clear();
   ++owed_ready_;
   std::string msg;
   protocol::appendQuery(msg, sql);
@@ -620,9 +634,18 @@ void ServerConn::processActive() {
         // DataRow: int16 column count, then per column an int32 length (-1: NULL) and bytes.
         protocol::Reader r(payload);
         int16_t columns = r.int16();
-        int32_t len = columns > 0 ? r.int32() : -1;
-        std::string_view v = len > 0 ? r.bytes(size_t(len)) : std::string_view();
-        internal_value_.assign(r.failed() ? std::string_view() : v);
+        internal_row_.clear();
+        for (int16_t c = 0; c < columns && !r.failed(); ++c) {
+          int32_t len = r.int32();
+          if (len < 0) {
+            internal_row_.emplace_back(std::nullopt);
+          } else {
+            std::string_view v = r.bytes(size_t(len));
+            internal_row_.emplace_back(std::string(r.failed() ? std::string_view() : v));
+          }
+        }
+        if (r.failed()) internal_row_.clear();
+        internal_value_ = !internal_row_.empty() && internal_row_[0] ? *internal_row_[0] : "";
       }
       pos += hdr->total();
       fwd_start = pos;

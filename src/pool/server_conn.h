@@ -103,8 +103,14 @@ class ServerConn : public net::IoWatcher, public std::enable_shared_from_this<Se
   // Runs `sql` as sluice's own query; its results are not relayed. `done` gets an error if
   // PostgreSQL answered with one or the connection failed; it may read internalValue().
   void runInternal(std::string sql, std::function<void(Status)> done);
+  // The same with parameters, through the extended protocol (the values never become SQL
+  // text); used for auth_query. internalRow() then has every column of the last DataRow.
+  void runInternalParams(std::string sql, std::vector<std::optional<std::string>> params,
+                         std::function<void(Status)> done);
   // The first column of the last DataRow of sluice's last own query ("" if none, or NULL).
   const std::string& internalValue() const { return internal_value_; }
+  // Every column of that row (nullopt: NULL); empty if the query returned no row.
+  const std::vector<std::optional<std::string>>& internalRow() const { return internal_row_; }
 
   // Idle watch: a read that only notices EOF or unexpected bytes while pooled.
   void startIdleWatch();
@@ -216,6 +222,7 @@ class ServerConn : public net::IoWatcher, public std::enable_shared_from_this<Se
   std::function<void(Status)> internal_;
   std::string internal_error_;
   std::string internal_value_;
+  std::vector<std::optional<std::string>> internal_row_;
 
   protocol::ServerStatements statements_;
   protocol::TrackedSet tracked_;

@@ -9,6 +9,7 @@
 #include <charconv>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 namespace sluice::protocol {
@@ -177,6 +178,14 @@ bool constantTimeEquals(std::string_view a, std::string_view b) {
   return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
 }
 
+std::string mockScramSalt(std::string_view user) {
+  static const std::string kKey = randomBytes(32);  // per process; thread-safe initialization
+  ScramKey key;
+  std::memcpy(key.data(), kKey.data(), key.size());
+  ScramKey mac = hmacSha256(key, user);
+  return std::string(reinterpret_cast<const char*>(mac.data()), 16);
+}
+
 std::string randomBytes(size_t n) {
   std::string out(n, '\0');
   if (n > 0 && RAND_bytes(reinterpret_cast<unsigned char*>(out.data()), static_cast<int>(n)) != 1) {
@@ -308,7 +317,7 @@ Result<std::string> ScramServer::handleClientFinal(std::string_view msg) {
   std::optional<ScramKey> proof = decodeKey(attrs->back().value);
   if (!proof) return fail("malformed client-final-message (bad proof)");
 
-  if ((*attrs)[1].value != nonce_) {
+  if (!constantTimeEquals((*attrs)[1].value, nonce_)) {
     auth_failed_ = true;
     return fail("nonce mismatch");
   }

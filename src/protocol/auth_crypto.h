@@ -40,6 +40,13 @@ std::string md5SaltedResponse(std::string_view md5_secret, const uint8_t salt[4]
 bool constantTimeEquals(std::string_view a, std::string_view b);
 // n bytes from OpenSSL's CSPRNG; aborts if it cannot deliver (nothing safe to fall back to).
 std::string randomBytes(size_t n);
+// The salt of the mock SCRAM exchange for a user without a SCRAM secret (unknown, or a plain
+// password): 16 bytes of HMAC-SHA-256(a random key drawn once per process, user), as
+// PostgreSQL's mock authentication does with its cluster nonce. The same user always gets the
+// same salt from one process, and nobody without the key can tell it from a real one.
+std::string mockScramSalt(std::string_view user);
+// PostgreSQL's default iteration count for new SCRAM secrets, used by the mock exchange.
+inline constexpr int kMockScramIterations = 4096;
 
 // Standard base64 with padding, as PostgreSQL writes it. Decoding is strict: no whitespace, no
 // missing or misplaced padding.

@@ -200,6 +200,37 @@ void appendQuery(std::string& out, std::string_view sql) {
   w.end();
 }
 
+void appendParameterizedQuery(std::string& out, std::string_view sql,
+                              const std::vector<std::optional<std::string>>& params) {
+  Writer w(out);
+  w.begin('P');
+  w.cstring("");
+  w.cstring(sql);
+  w.int16(0);  // parameter types: inferred
+  w.end();
+  w.begin('B');
+  w.cstring("");
+  w.cstring("");
+  w.int16(0);  // all parameters in text format
+  w.int16(int16_t(params.size()));
+  for (const auto& v : params) {
+    if (!v) {
+      w.int32(-1);
+      continue;
+    }
+    w.int32(int32_t(v->size()));
+    w.bytes(*v);
+  }
+  w.int16(0);  // all results in text format
+  w.end();
+  w.begin('E');
+  w.cstring("");
+  w.int32(0);
+  w.end();
+  w.begin('S');
+  w.end();
+}
+
 void appendTerminate(std::string& out) {
   Writer w(out);
   w.begin('X');

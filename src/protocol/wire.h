@@ -127,6 +127,10 @@ void appendBackendKeyData(std::string& out, uint32_t pid, uint32_t key);
 void appendReadyForQuery(std::string& out, char status);
 void appendQuery(std::string& out, std::string_view sql);
 void appendTerminate(std::string& out);
+// Parse (unnamed statement) + Bind (text parameters, NULL for nullopt; text results) + Execute
+// + Sync: one statement with parameters sent as values, never spliced into the SQL text.
+void appendParameterizedQuery(std::string& out, std::string_view sql,
+                              const std::vector<std::optional<std::string>>& params);
 void appendPassword(std::string& out, std::string_view password);  // 'p' (also md5)
 void appendSaslInitialResponse(std::string& out, std::string_view mechanism, std::string_view data);
 void appendSaslResponse(std::string& out, std::string_view data);

@@ -24,6 +24,19 @@ std::shared_ptr<const config::UserList> loadUsers(const config::Config& cfg) {
   if (cfg.settings.auth_file.empty()) return std::make_shared<config::UserList>();
   return std::make_shared<config::UserList>(config::loadUserList(cfg.settings.auth_file));
 }
+
+// auth_hba_file's rules when auth_type = hba, else nullptr. Throws ConfigError naming the file,
+// line and what was expected.
+std::shared_ptr<const auth::HbaRules> loadHbaRules(const config::Config& cfg) {
+  if (cfg.settings.auth_type != config::AuthType::kHba) return nullptr;
+  if (cfg.settings.auth_hba_file.empty()) {
+    throw config::ConfigError(cfg.path +
+                              ": auth_type = hba needs auth_hba_file (a pg_hba.conf-style file)");
+  }
+  auto rules = auth::loadHba(cfg.settings.auth_hba_file);
+  if (!rules) throw config::ConfigError("auth_hba_file: " + rules.message());
+  return std::make_shared<const auth::HbaRules>(std::move(*rules));
+}
 }  // namespace
 
 App::App(std::string config_path) : config_path_(std::move(config_path)) {}
@@ -33,9 +46,14 @@ App::~App() = default;
 int App::run() {
   cfg_ = config::loadConfig(config_path_);  // throws ConfigError: reported by main
   auto users = loadUsers(*cfg_);
+  auto hba = loadHbaRules(*cfg_);
   const auto& s = cfg_->settings;
   initLogging(s.logfile, s.verbose);
   for (const auto& w : cfg_->warnings) SLOG_WARN("{}", w);
+  if (hba) {
+    for (const auto& w : hba->warnings) SLOG_WARN("{}", w);
+  }
+  ctx_.setHba(hba);
 
   // Many idle clients need many descriptors: take the hard limit.
   rlimit rl{};
@@ -331,7 +349,11 @@ void App::setConfigAsync(std::string key, std::string value,
       control_, [this, key = std::move(key), value = std::move(value), done = std::move(done)] {
         try {
           auto cfg = config::withSetting(*cfg_, key, value);
+          // SET auth_type = hba or SET auth_hba_file reads the file now; a bad one refuses the
+          // SET and changes nothing.
+          auto hba = loadHbaRules(*cfg);
           cfg_ = cfg;
+          ctx_.setHba(hba);
           pools_->setConfig(cfg, pools_->userList());
           SLOG_INFO("SET {} = '{}': applied (until the next reload reads the file)", key, value);
           done("");
@@ -350,6 +372,22 @@ std::string App::reload() {
     auto cfg = config::loadConfig(config_path_);
     auto users = loadUsers(*cfg);
     for (const auto& w : cfg->warnings) SLOG_WARN("{}", w);
+    // A bad auth_hba_file keeps the rules in force (a reload must not lock everyone out, nor
+    // let everyone in); the rest of the file still applies.
+    std::string hba_note;
+    std::shared_ptr<const auth::HbaRules> hba;
+    bool hba_ok = true;
+    try {
+      hba = loadHbaRules(*cfg);
+    } catch (const config::ConfigError& e) {
+      if (!ctx_.hba()) throw;  // no rules to keep: the whole reload fails
+      hba_ok = false;
+      hba_note = std::string("; keeping the previous hba rules: ") + e.what();
+      SLOG_WARN("reload: keeping the previous hba rules: {}", e.what());
+    }
+    if (hba) {
+      for (const auto& w : hba->warnings) SLOG_WARN("{}", w);
+    }
     const auto& a = cfg_->settings;
     const auto& b = cfg->settings;
     std::vector<std::string> restart;
@@ -361,7 +399,8 @@ std::string App::reload() {
     if (a.http_listen != b.http_listen) restart.push_back("http_listen");
     cfg_ = cfg;
     pools_->setConfig(cfg, users);
-    std::string msg = "configuration reloaded from " + cfg->path;
+    if (hba_ok) ctx_.setHba(hba);
+    std::string msg = "configuration reloaded from " + cfg->path + hba_note;
     if (!restart.empty()) {
       msg += "; these changes need a restart to take effect:";
       for (auto& k : restart) msg += " " + k;

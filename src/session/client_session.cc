@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 #include <poll.h>
+#include <pwd.h>
 #include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -75,7 +76,26 @@ void ClientSession::start() {
   ctx_->loops[loop_->index()]->clients.insert(this);
   ctx_->client_count.fetch_add(1);
   slot_ = loop_->add(fd_, this, shared_from_this());
+  // Counted from accept to the end of authentication, across all loops: silent or slow
+  // clients cannot hold more than max_pending_logins connections at once.
+  pending_login_ = true;
+  int pending = ctx_->pending_logins.fetch_add(1, std::memory_order_relaxed) + 1;
+  int max = settings().max_pending_logins;
+  if (max > 0 && pending > max) {
+    closeWithError(CloseReason::kMaxPendingLogins,
+                   fmt::format("sluice: too many connections are logging in: max_pending_logins "
+                               "({}) reached; retry later, raise max_pending_logins, or lower "
+                               "client_login_timeout so that silent connections close sooner",
+                               max));
+    return;
+  }
   startRead();
+}
+
+void ClientSession::endPendingLogin() {
+  if (!pending_login_) return;
+  pending_login_ = false;
+  ctx_->pending_logins.fetch_sub(1, std::memory_order_relaxed);
 }
 
 // ---- I/O ----
@@ -357,6 +377,11 @@ void ClientSession::closeQuietly(CloseReason reason, const std::string& detail) 
     close_reason_ = reason;
   }
   State was = state_;
+  endPendingLogin();
+  if (lookup_) {
+    lookup_->cancel();
+    lookup_.reset();
+  }
   if (wait_id_ && pool_) {
     pool_->cancelWait(wait_id_);
     wait_id_ = 0;
@@ -539,9 +564,11 @@ bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
       continue;
     }
     return fatal(CloseReason::kUnsupportedParameter,
-                 fmt::format("sluice: unsupported startup parameter: {}={} (add it to "
+                 // The value is not echoed: it goes to the log too, and may be anything
+                 // (options=-c password=... has been seen).
+                 fmt::format("sluice: unsupported startup parameter: {} (add it to "
                              "ignore_startup_parameters to let clients send it)",
-                             k, v));
+                             k));
   }
 
   if (s.application_name_add_host) {
@@ -566,6 +593,11 @@ bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
   auto users = ctx_->pools->userList();
   if (users) secret = users->find(user_);
   config::AuthType type = s.auth_type;
+  if (type == config::AuthType::kHba) {
+    auto t = hbaAuthType();
+    if (!t) return false;
+    type = *t;
+  }
   if (type == config::AuthType::kCert) {
     // The client certificate, verified against client_tls_ca_file, must name the user (CN).
     if (!tls_ || !tls_->peerVerified()) {
@@ -574,22 +606,23 @@ bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
                        "\": connect with TLS and a client certificate signed by "
                        "client_tls_ca_file");
     }
-    if (tls_->peerCommonName() != user_) {
+    if (!protocol::constantTimeEquals(tls_->peerCommonName(), user_)) {
       return fatal(CloseReason::kNotAllowed,
                    "sluice: certificate authentication failed for user \"" + user_ +
                        "\": the certificate's common name is \"" + tls_->peerCommonName() +
                        "\"");
     }
-    type = config::AuthType::kTrust;
+    type = config::AuthType::kAny;  // no password: the certificate is the proof
   }
   if (is_admin_) {
     bool allowed =
         std::find(s.admin_users.begin(), s.admin_users.end(), user_) != s.admin_users.end() ||
         std::find(s.stats_users.begin(), s.stats_users.end(), user_) != s.stats_users.end();
     if (!allowed) {
-      return fatal(CloseReason::kNotAllowed, "sluice: not allowed to use the admin console: \"" +
-                                                 user_ +
-                                                 "\" is in neither admin_users nor stats_users");
+      // As for a wrong password: the client learns nothing about who may use the console
+      // (PgBouncer 1.18 says "not allowed" before any password, which tells that the user is
+      // no admin); the log says why.
+      admin_denied_ = true;
     }
   } else {
     std::string err;
@@ -611,31 +644,163 @@ bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
       }
     }
   }
-  if (s.auth_type == config::AuthType::kTrust && !s.auth_file.empty() && !secret) {
-    // PgBouncer's rule: with trust, the user must still be listed in auth_file.
-    return fatal(CloseReason::kNotAllowed,
-                 "sluice: \"trust\" authentication failed for user \"" + user_ +
-                     "\": with auth_type = trust the user must still be listed in auth_file");
+  if (!secret && !is_admin_ && type != config::AuthType::kAny) {
+    const auto* entry = cfg->findDatabase(database_);
+    const std::string& auth_user =
+        entry && !entry->auth_user.empty() ? entry->auth_user : s.auth_user;
+    if (!auth_user.empty()) {
+      const std::string& auth_db = entry && !entry->auth_dbname.empty() ? entry->auth_dbname
+                                   : !s.auth_dbname.empty()             ? s.auth_dbname
+                                                                        : database_;
+      startAuthLookup(type, auth_user, auth_db);
+      return false;
+    }
   }
-  state_ = State::kAuth;
-  auth_ = std::make_unique<auth::ClientAuth>(type, user_, secret);
-  auto step = auth_->start();
-  if (step.outcome == auth::ClientAuth::Outcome::kFailed) {
-    closeWithError(step.error, CloseReason::kAuthFailed);
-    return false;
-  }
-  send(step.out);
-  if (step.outcome == auth::ClientAuth::Outcome::kOk) finishLogin();
+  beginAuth(type, secret);
   return false;  // the rest of the buffer is handled by the next phase
 }
 
+void ClientSession::beginAuth(config::AuthType type, const std::string* secret) {
+  if (type == config::AuthType::kTrust && !settings().auth_file.empty() && !secret) {
+    // PgBouncer's rule: with trust, the user must still be listed in auth_file.
+    closeWithError(CloseReason::kNotAllowed,
+                   "sluice: \"trust\" authentication failed for user \"" + user_ +
+                       "\": with auth_type = trust the user must still be listed in auth_file");
+    return;
+  }
+  state_ = State::kAuth;
+  auth_ = std::make_unique<auth::ClientAuth>(type, user_, secret);
+  if (!secret) {
+    // An unknown user's mock exchange looks like what known users get: SCRAM when auth_file
+    // holds more SCRAM secrets than md5 ones, or when auth_query finds them (PostgreSQL's
+    // default password_encryption is scram-sha-256).
+    auto users = ctx_->pools->userList();
+    bool scram = lookup_tried_ || (users && users->scram_secrets * 2 > int(users->secrets.size()));
+    auth_->setUnknownUserScram(scram);
+  }
+  auto step = auth_->start();
+  if (step.outcome == auth::ClientAuth::Outcome::kFailed) {
+    closeWithError(step.error, CloseReason::kAuthFailed);
+    return;
+  }
+  if (step.outcome == auth::ClientAuth::Outcome::kOk && admin_denied_) {
+    refuseAdmin();
+    return;
+  }
+  send(step.out);
+  if (step.outcome == auth::ClientAuth::Outcome::kOk) finishLogin();
+}
+
+void ClientSession::refuseAdmin() {
+  SLOG_INFO(
+      "{} not allowed to use the admin console: \"{}\" is in neither admin_users nor "
+      "stats_users (the client is told its password failed)",
+      prefix(), user_);
+  ErrorInfo e = makeError(sqlstate::kInvalidPassword,
+                          "password authentication failed for user \"" + user_ + "\"", "FATAL");
+  closeWithError(e, CloseReason::kNotAllowed);
+}
+
+void ClientSession::startAuthLookup(config::AuthType type, const std::string& auth_user,
+                                    const std::string& auth_db) {
+  std::string err;
+  auto auth_pool = ctx_->pools->get(auth_db, auth_user, &err);
+  if (!auth_pool) {
+    closeWithError(CloseReason::kAuthQueryFailed, "sluice: auth_dbname: " + err);
+    return;
+  }
+  state_ = State::kAuth;  // nothing is read until the lookup answers
+  std::weak_ptr<ClientSession> weak = shared_from_this();
+  lookup_ = std::make_shared<AuthLookup>(
+      loop_, std::move(auth_pool), settings().auth_query, user_, settings().server_connect_timeout,
+      [weak, type](AuthLookup::Outcome o) {
+        auto self = weak.lock();
+        if (!self || self->closing() || !self->lookup_) return;
+        auto keep = std::move(self->lookup_);  // alive until this callback returns
+        if (!o.ok) {
+          self->closeWithError(o.error, o.reason);
+          return;
+        }
+        self->looked_up_secret_ = std::move(o.secret);
+        self->lookup_tried_ = true;
+        if (self->ctx_->pools->config()->settings.verbose > 0) {
+          SLOG_INFO("{} auth_query: user {}", self->prefix(),
+                    self->looked_up_secret_ ? "found" : "not found");
+        }
+        self->beginAuth(type, self->looked_up_secret_ ? &*self->looked_up_secret_ : nullptr);
+        if (self->state_ == State::kAuth) self->processAuth();
+      });
+  lookup_->start();
+}
+
+std::optional<config::AuthType> ClientSession::hbaAuthType() {
+  auto rules = ctx_->hba();
+  if (!rules) {
+    closeWithError(CloseReason::kNotAllowed,
+                   "sluice: auth_type = hba but auth_hba_file could not be loaded (see the log)");
+    return std::nullopt;
+  }
+  auth::HbaConnection c;
+  c.database = database_;
+  c.user = user_;
+  c.tls = tls_ != nullptr;
+  c.cert_verified = tls_ && tls_->peerVerified();
+  const std::string cert_cn = tls_ ? tls_->peerCommonName() : std::string();
+  sockaddr_storage sa{};
+  socklen_t len = sizeof(sa);
+  if (::getpeername(fd_, reinterpret_cast<sockaddr*>(&sa), &len) == 0 && sa.ss_family == AF_UNIX) {
+    c.local = true;
+  } else if (!auth::hbaSetAddress(c, &sa, len)) {
+    closeWithError(CloseReason::kNotAllowed, "sluice: cannot tell the client's address");
+    return std::nullopt;
+  }
+  const auth::HbaRule* rule = auth::matchHba(*rules, c);
+  std::string peer_user;
+  if (rule && rule->method == auth::HbaMethod::kPeer && c.local) {
+    // The OS user at the other end of the unix socket.
+    ucred cred{};
+    socklen_t cl = sizeof(cred);
+    if (::getsockopt(fd_, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0) {
+      passwd pw{};
+      passwd* found = nullptr;
+      char buf[1024];
+      if (::getpwuid_r(cred.uid, &pw, buf, sizeof(buf), &found) == 0 && found) {
+        peer_user = found->pw_name;
+      }
+    }
+  }
+  auth::HbaVerdict v = auth::hbaVerdict(rule, c, cert_cn, peer_user);
+  if (rule) {
+    SLOG_DEBUG("{} {}:{} matched: {}", prefix(), rule->file, rule->line,
+               auth::hbaMethodName(rule->method));
+  }
+  if (!v.type && rule && rule->method == auth::HbaMethod::kPeer) {
+    SLOG_INFO("{} peer authentication: the socket's OS user is \"{}\"", prefix(), peer_user);
+  }
+  if (!v.type) {
+    closeWithError(CloseReason::kNotAllowed, v.error);
+    return std::nullopt;
+  }
+  return v.type;
+}
+
 void ClientSession::processAuth() {
+  if (lookup_) return;  // the client speaks after sluice asks it for a password
   while (state_ == State::kAuth) {
     auto hdr = protocol::peekHeader(in_.data());
     if (!hdr) break;
-    if (hdr->type != 'p' || hdr->length < 4 || hdr->length > 16 * 1024) {
+    // A password, an md5 answer or a SCRAM message is a few hundred bytes at most.
+    constexpr uint32_t kMaxPasswordMessage = 16 * 1024;
+    if (hdr->type != 'p' || hdr->length < 4) {
       closeWithError(CloseReason::kProtocolViolation,
                      "sluice: expected a password message during authentication");
+      return;
+    }
+    if (hdr->length > kMaxPasswordMessage) {
+      closeWithError(CloseReason::kProtocolViolation,
+                     fmt::format("sluice: password message of {} bytes is over the limit of {} "
+                                 "bytes for authentication messages",
+                                 hdr->length, kMaxPasswordMessage));
       return;
     }
     if (in_.size() < hdr->total()) break;
@@ -644,6 +809,10 @@ void ClientSession::processAuth() {
     auto step = auth_->onPasswordMessage(payload);
     if (step.outcome == auth::ClientAuth::Outcome::kFailed) {
       closeWithError(step.error, CloseReason::kAuthFailed);
+      return;
+    }
+    if (step.outcome == auth::ClientAuth::Outcome::kOk && admin_denied_) {
+      refuseAdmin();
       return;
     }
     send(step.out);
@@ -658,6 +827,8 @@ void ClientSession::processAuth() {
 
 void ClientSession::finishLogin() {
   auth_.reset();
+  endPendingLogin();
+  if (looked_up_secret_ && pool_) pool_->learnSecret(*looked_up_secret_);
   auto [pid, key] = ctx_->cancels.add(shared_from_this());
   cancel_pid_ = pid;
   cancel_key_ = key;

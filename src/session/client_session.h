@@ -27,6 +27,7 @@
 #include "protocol/prepared_statements.h"
 #include "protocol/session_state.h"
 #include "protocol/tracked_params.h"
+#include "session/auth_lookup.h"
 #include "session/session_context.h"
 #include "stats/close_reason.h"
 
@@ -119,6 +120,18 @@ class ClientSession : public pool::PoolClient,
 
   void processStartup();
   bool handleStartupMessage(const protocol::StartupMessage& m);
+  // auth_type = hba: the auth type the first matching line of auth_hba_file gives this client,
+  // or nullopt after the client was refused (no line, reject, cert or peer failed).
+  std::optional<config::AuthType> hbaAuthType();
+  // Starts the exchange of `type` against `secret` (nullptr: unknown user, a mock exchange).
+  void beginAuth(config::AuthType type, const std::string* secret);
+  // A console user in neither admin_users nor stats_users whose exchange succeeded: refused
+  // exactly like a wrong password (28P01), the reason logged.
+  void refuseAdmin();
+  // The user is in neither auth_file nor [databases]: ask auth_query as `auth_user`, then
+  // beginAuth with what it found.
+  void startAuthLookup(config::AuthType type, const std::string& auth_user,
+                       const std::string& auth_db);
   void processAuth();
   void finishLogin();
   void sendWelcome();
@@ -180,6 +193,16 @@ class ClientSession : public pool::PoolClient,
   protocol::TrackedSet want_;    // tracked parameters as this client should see them
   uint64_t synced_version_ = 0;  // server_->trackedVersion() right after the sync
   std::unique_ptr<auth::ClientAuth> auth_;
+  // auth_user + auth_query: the lookup in flight, and the secret it found (for the client's
+  // exchange and, once that succeeded, the pool's server logins).
+  std::shared_ptr<AuthLookup> lookup_;
+  std::optional<std::string> looked_up_secret_;
+  bool lookup_tried_ = false;
+  // The console user is in neither admin_users nor stats_users: the password exchange runs
+  // anyway and ends like a wrong password (the reason goes to the log only).
+  bool admin_denied_ = false;
+  bool pending_login_ = false;  // counted in SessionContext::pending_logins
+  void endPendingLogin();
   std::shared_ptr<pool::Pool> pool_;
   pool::PoolShard* stats_ = nullptr;  // this loop's statistics shard of pool_
   std::shared_ptr<pool::ServerConn> server_;

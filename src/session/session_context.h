@@ -8,10 +8,12 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <unordered_set>
 #include <vector>
 
+#include "auth/hba.h"
 #include "common/clock.h"
 #include "diagnostics/lease_watch.h"
 #include "net/buffer.h"
@@ -66,8 +68,24 @@ struct SessionContext {
   AdminHandler* admin = nullptr;
   std::vector<std::unique_ptr<LoopClients>> loops;  // indexed by EventLoop::index()
   std::atomic<int> client_count{0};                 // for max_client_conn
+  std::atomic<int> pending_logins{0};               // accepted, not yet authenticated
   std::atomic<bool> shutting_down{false};
   std::atomic<uint64_t> next_client_id{1};
+
+  // auth_hba_file's rules while auth_type = hba (nullptr otherwise), swapped by the App at
+  // reload; a login copies the pointer once, under the short lock.
+  std::shared_ptr<const auth::HbaRules> hba() const {
+    std::lock_guard lock(hba_mu_);
+    return hba_;
+  }
+  void setHba(std::shared_ptr<const auth::HbaRules> rules) {
+    std::lock_guard lock(hba_mu_);
+    hba_ = std::move(rules);
+  }
+
+ private:
+  mutable std::mutex hba_mu_;
+  std::shared_ptr<const auth::HbaRules> hba_;
 };
 
 }  // namespace sluice::session

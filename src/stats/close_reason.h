@@ -19,6 +19,8 @@ namespace sluice::stats {
   X(kNoUser, "no_user", "28000", "")                                                          \
   X(kNotAllowed, "not_allowed", "28000", "")                                                  \
   X(kAuthFailed, "auth_failed", "28P01", "")                                                  \
+  X(kAuthQueryFailed, "auth_query_failed", "08006", "") /* auth_user's lookup failed */       \
+  X(kMaxPendingLogins, "max_pending_logins", "53300", "")                                     \
   X(kUnknownDatabase, "unknown_database", "3D000", "")                                        \
   X(kDatabaseDisabled, "database_disabled", "55000", "") /* DISABLE db */                     \
   X(kUnsupportedParameter, "unsupported_parameter", "0A000", "")                              \

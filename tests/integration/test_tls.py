@@ -375,3 +375,45 @@ def test_slow_tls_reader_of_a_large_result_is_held_back(poolers, certs):
     assert n == ROWS
     assert w.query("SELECT 2").rows == [("2",)]
     w.close()
+
+
+@pytest.mark.sluice_only(reason="PgBouncer 1.18 has no auth_type = hba with cert lines")
+def test_hba_hostssl_hostnossl_and_cert_over_tls(poolers, certs):
+    p = poolers(client_tls(certs, "prefer", client_tls_ca_file=str(certs / "ca.crt"))
+                | {"auth_type": "hba"}, start=False)
+    hba = p.dir / "hba.conf"
+    harness.write_file(hba, """
+hostssl   appdb  sluice_md5    127.0.0.1/32  cert
+hostnossl appdb  sluice_md5    127.0.0.1/32  reject
+hostssl   appdb  sluice_scram  127.0.0.1/32  scram-sha-256 clientcert=verify-full
+hostnossl appdb  sluice_trust  127.0.0.1/32  trust
+""")
+    p.rewrite({"auth_hba_file": str(hba)}, reload=False)
+    p.start()
+    # cert: the certificate logs sluice_md5 in, no password asked.
+    with tls_wire(p.port, certs, "alice") as w:
+        w.startup("sluice_md5", "appdb")
+        assert w.query("SELECT current_user").rows == [("sluice_md5",)]
+    # The same user in plain text meets the hostnossl reject line.
+    err = p.login_error()
+    assert err.sqlstate == "28000" and "rejects connection" in err.message, err
+    assert err.message.endswith("no encryption")
+    # TLS without a certificate: the cert line refuses.
+    with tls_wire(p.port, certs) as w:
+        with pytest.raises(pgwire.ServerError) as e:
+            w.startup("sluice_md5", "appdb")
+    assert e.value.sqlstate == "28000"
+    assert "requires a valid client certificate" in e.value.message
+    # scram-sha-256 with clientcert=verify-full: password and a certificate naming the user.
+    with tls_wire(p.port, certs, "alice") as w:
+        with pytest.raises(pgwire.ServerError) as e:
+            w.startup("sluice_scram", "appdb", harness.PASSWORDS["sluice_scram"])
+    assert "CN mismatch" in e.value.message
+    # hostnossl trust matches plain text only; over TLS no line matches.
+    with p.connect(user="sluice_trust") as c:
+        assert c.execute("SELECT 1").fetchone()[0] == 1
+    with tls_wire(p.port, certs) as w:
+        with pytest.raises(pgwire.ServerError) as e:
+            w.startup("sluice_trust", "appdb")
+    assert e.value.message.startswith("no pg_hba.conf entry for host \"127.0.0.1\"")
+    assert e.value.message.endswith("SSL encryption")
