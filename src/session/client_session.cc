@@ -29,6 +29,8 @@ constexpr size_t kLowWatermark = size_t{64} * 1024;
 // Query and Parse texts are inspected for session state up to this size (a longer one only on
 // its first 64 KiB, as the prepared-statement rewriter reads them).
 constexpr size_t kMaxInspectedSql = size_t{64} * 1024;
+// How long a client closed after an error may keep sending before its socket is closed anyway.
+constexpr std::chrono::milliseconds kLingerLimit{1000};
 
 ErrorInfo makeError(const char* sqlstate, std::string message, const char* severity = "ERROR") {
   ErrorInfo e;
@@ -108,6 +110,10 @@ void ClientSession::stopHangupWatch() {
 
 void ClientSession::onReadable() {
   read_in_flight_ = false;
+  if (lingering_) {
+    lingerRead();
+    return;
+  }
   if (state_ == State::kClosed || close_after_write_) return;
   if (watching_hangup_) {
     if (state_ == State::kWaiting || state_ == State::kWelcome) {
@@ -352,6 +358,42 @@ void ClientSession::closeQuietly(CloseReason reason, const std::string& detail) 
               stats::closeReasonToken(reason), detail_text.empty() ? "" : ": ", detail_text,
               secondsSince(connected_at_), transactions_);
   }
+  if (close_after_write_ && slot_ != nullptr && fd_ >= 0) {
+    linger();
+    return;
+  }
+  net::EventLoop::TimerId no_timer = 0;
+  loop_->release(no_timer, slot_, fd_);
+}
+
+void ClientSession::linger() {
+  lingering_ = true;
+  ::shutdown(fd_, SHUT_WR);
+  auto self = shared_from_this();
+  loop_->runAfter(kLingerLimit, [self] { self->endLinger(); });
+  lingerRead();
+}
+
+void ClientSession::lingerRead() {
+  char sink[4096];
+  for (;;) {
+    ssize_t n = net::sysRecv(fd_, sink, sizeof sink, MSG_DONTWAIT);
+    if (n > 0) continue;  // what the client sent before it saw the error: nobody reads it now
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      net::EventLoop::drained(slot_);
+      read_in_flight_ = true;
+      loop_->wantRead(slot_);
+      return;
+    }
+    endLinger();  // EOF: the client closed too (or an error)
+    return;
+  }
+}
+
+void ClientSession::endLinger() {
+  if (!lingering_) return;
+  lingering_ = false;
   net::EventLoop::TimerId no_timer = 0;
   loop_->release(no_timer, slot_, fd_);
 }

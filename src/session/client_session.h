@@ -113,6 +113,12 @@ class ClientSession : public pool::PoolClient,
   void flushWrites();
   void afterWrite(net::Outbox::Result r);
   void closeQuietly(stats::CloseReason reason, const std::string& detail = "");
+  // After an error was written: FIN after it, then read and drop what the client still sends
+  // until it closes (or kLingerLimit), so that close() never resets a connection with unread
+  // bytes, which would make the client's kernel discard the error before the client reads it.
+  void linger();
+  void lingerRead();
+  void endLinger();
 
   void processStartup();
   bool handleStartupMessage(const protocol::StartupMessage& m);
@@ -210,6 +216,7 @@ class ClientSession : public pool::PoolClient,
   bool read_in_flight_ = false;
   bool watching_hangup_ = false;  // queued: the read interest only looks for a hang-up
   bool close_after_write_ = false;
+  bool lingering_ = false;        // closed after an error; see linger()
   bool rewrite_waiting_ = false;  // a message waits for the server's answer to an earlier one
   bool rewrite_enabled_ = false;  // transaction pooling with max_prepared_statements > 0
   // A message that needs the rewriter waits for the server's answers to earlier simple queries.
