@@ -105,8 +105,31 @@ int App::run() {
   return exit_code_;
 }
 
+namespace {
+// With so_reuseport, a second process can share the port during a rolling restart; when the old
+// one closes its listener, Linux resets the connections still in that listener's accept queue
+// unless net.ipv4.tcp_migrate_req = 1 (Linux 5.14+) moves them to another listener of the group.
+void warnIfReuseportLosesConnections() {
+  std::ifstream f("/proc/sys/net/ipv4/tcp_migrate_req");
+  int value = -1;
+  if (!(f >> value)) {
+    SLOG_WARN(
+        "so_reuseport is on but this kernel has no net.ipv4.tcp_migrate_req (Linux 5.14+): when a "
+        "process sharing this port stops listening, connections still in its accept queue are "
+        "reset");
+    return;
+  }
+  if (value != 0) return;
+  SLOG_WARN(
+      "so_reuseport is on but net.ipv4.tcp_migrate_req is 0: when a process sharing this port "
+      "stops listening (a rolling restart), connections still in its accept queue are reset; set "
+      "sysctl -w net.ipv4.tcp_migrate_req=1 (see README, Rolling restart)");
+}
+}  // namespace
+
 void App::listen() {
   const auto& s = cfg_->settings;
+  if (s.so_reuseport) warnIfReuseportLosesConnections();
   if (!s.listen_addr.empty()) {
     std::vector<std::string> addrs;
     size_t start = 0;
@@ -188,7 +211,8 @@ void App::listen() {
 
 void App::acceptTcp(std::shared_ptr<asio::ip::tcp::acceptor> acc) {
   acc->async_accept([this, acc](const asio::error_code& ec, asio::ip::tcp::socket sock) {
-    if (ec == asio::error::operation_aborted || !acc->is_open()) return;
+    // A connection accepted just before the listener closed (a shutdown) is served or refused
+    // with an error like any other; dropping it here would reset the client.
     if (!ec) {
       asio::error_code e2;
       auto ep = sock.remote_endpoint(e2);
@@ -196,6 +220,7 @@ void App::acceptTcp(std::shared_ptr<asio::ip::tcp::acceptor> acc) {
       sock.set_option(asio::ip::tcp::no_delay(true), e2);
       handOff(sock.release(), std::move(peer));
     }
+    if (ec == asio::error::operation_aborted || !acc->is_open()) return;
     acceptTcp(acc);
   });
 }
@@ -203,8 +228,8 @@ void App::acceptTcp(std::shared_ptr<asio::ip::tcp::acceptor> acc) {
 void App::acceptUnix(std::shared_ptr<asio::local::stream_protocol::acceptor> acc) {
   acc->async_accept(
       [this, acc](const asio::error_code& ec, asio::local::stream_protocol::socket sock) {
+        if (!ec) handOff(sock.release(), "unix");  // even if the listener closed meanwhile
         if (ec == asio::error::operation_aborted || !acc->is_open()) return;
-        if (!ec) handOff(sock.release(), "unix");
         acceptUnix(acc);
       });
 }
@@ -313,6 +338,7 @@ void App::waitSignals() {
       if (shutting_down_ && wait_for_clients_) {
         // A second SIGTERM: stop waiting for clients, only for transactions.
         wait_for_clients_ = false;
+        ctx_.refuse_logins.store(true);
       } else {
         requestShutdown(true);
       }
@@ -378,6 +404,7 @@ void App::requestShutdown(bool wait_for_clients) {
     shutting_down_ = true;
     wait_for_clients_ = wait_for_clients;
     ctx_.shutting_down.store(true);
+    if (!wait_for_clients) ctx_.refuse_logins.store(true);
     for (auto& a : tcp_acceptors_) {
       asio::error_code ec;
       a->close(ec);

@@ -454,7 +454,7 @@ bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
                              "raise max_client_conn or use fewer client connections",
                              s.max_client_conn));
   }
-  if (ctx_->shutting_down.load()) {
+  if (ctx_->refuse_logins.load()) {
     return fatal(CloseReason::kShuttingDown, "sluice is shutting down");
   }
   for (const auto& [k, v] : m.params) {
