@@ -99,7 +99,15 @@ int App::run() {
     });
   }
   for (auto& l : loops_) l->drainAndJoin(std::chrono::seconds(2));
-  if (!unix_socket_path_.empty()) ::unlink(unix_socket_path_.c_str());
+  if (!unix_socket_path_.empty()) {
+    // Only if the socket there is still ours: in a rolling restart the new process has bound the
+    // same path (unlinking ours first), and removing its socket would cut it off.
+    struct stat st {};
+    if (::stat(unix_socket_path_.c_str(), &st) == 0 && st.st_ino == unix_socket_ino_ &&
+        st.st_dev == unix_socket_dev_) {
+      ::unlink(unix_socket_path_.c_str());
+    }
+  }
   if (!pidfile.empty()) ::unlink(pidfile.c_str());
   SLOG_INFO("sluice stopped");
   return exit_code_;
@@ -192,6 +200,11 @@ void App::listen() {
         why = ec.message();
       } else {
         unix_socket_path_ = path;
+        struct stat st {};
+        if (::stat(path.c_str(), &st) == 0) {
+          unix_socket_ino_ = st.st_ino;
+          unix_socket_dev_ = st.st_dev;
+        }
         ::chmod(path.c_str(), mode_t(s.unix_socket_mode));
         SLOG_INFO("listening on unix:{}", path);
         unix_acceptors_.push_back(acc);

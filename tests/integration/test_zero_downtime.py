@@ -14,9 +14,10 @@ import subprocess
 from pathlib import Path
 
 import pgwire
+import psycopg
 import pytest
 from faultlib import Ledger, assert_settled, classify
-from harness import IS_SLUICE, wait_until
+from harness import IS_SLUICE, PASSWORDS, wait_until
 
 MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
 
@@ -141,7 +142,9 @@ def test_rolling_restart_with_so_reuseport(poolers, pg, tcp_migrate_req):
     tcp_migrate_req("1")
     settings = {"so_reuseport": 1, "default_pool_size": 4, "query_wait_timeout": 30}
     old = poolers(settings=settings)
-    new = poolers(settings={**settings, "listen_port": old.port}, start=False)
+    # Same port, same unix socket path: the new process takes the path over.
+    new = poolers(settings={**settings, "listen_port": old.port,
+                            "unix_socket_dir": str(old.sockdir)}, start=False)
     new.port = old.port
     churn = Ledger(old, pg, "ledger_rolling_churn", n=6, reconnect_each=True).start()
     long_lived = Ledger(old, pg, "ledger_rolling_long", n=3).start()
@@ -186,6 +189,11 @@ def test_rolling_restart_with_so_reuseport(poolers, pg, tcp_migrate_req):
         ledger.assert_durable()
     stats = {r["database"]: r for r in new.admin("SHOW STATS")}
     assert int(stats["appdb"]["total_xact_count"]) > 0
+    # The old process, leaving, did not remove the new one's unix socket.
+    with psycopg.connect(host=str(old.sockdir), port=old.port, dbname="appdb",
+                         user="sluice_md5", password=PASSWORDS["sluice_md5"],
+                         connect_timeout=10) as c:
+        assert c.execute("SELECT 1").fetchone()[0] == 1
     assert_settled(new, pg, 4)
 
 
