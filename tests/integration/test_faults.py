@@ -69,6 +69,17 @@ def expect_clean_error(fn, what: str) -> pgwire.ServerError:
     raise AssertionError(f"{what}: succeeded")
 
 
+def check_clean(ledger: Ledger) -> None:
+    """Every error a ledger client got was a PostgreSQL error with a SQLSTATE, none hung."""
+    if IS_SLUICE:
+        assert not ledger.unclean(), ledger.summary()
+    elif ledger.unclean():
+        # PgBouncer 1.18 sometimes resets a client whose server crashed (seen: a reset at COMMIT
+        # when PostgreSQL restarted every backend); reported, not asserted.
+        print(f"PgBouncer: unclean client errors {ledger.unclean()}")
+    assert "hang" not in ledger.outcomes, ledger.summary()
+
+
 SETTINGS = {"default_pool_size": 4, "query_wait_timeout": 30, "server_connect_timeout": 5}
 
 
@@ -91,7 +102,7 @@ def test_backend_killed_mid_query(poolers, pg, how):
     finally:
         ledger.stop()
     print(ledger.summary())
-    assert not ledger.unclean(), ledger.summary()
+    check_clean(ledger)
     ledger.assert_durable()
     assert_settled(p, pg, SETTINGS["default_pool_size"])
 
@@ -125,12 +136,18 @@ def test_backend_killed_mid_copy_from_stdin(poolers, pg, how):
                 w.send(b"c", b"")  # CopyDone
             except OSError:
                 pass  # the pooler may already have closed; the error must still be readable
-            expect_clean_error(w.result, "COPY FROM STDIN client")
+            if IS_SLUICE:
+                expect_clean_error(w.result, "COPY FROM STDIN client")
+            else:
+                # PgBouncer 1.18 closes the client with the rest of the COPY unread, so the
+                # kernel resets it and the client usually loses the error (sluice lingers).
+                with pytest.raises((pgwire.ServerError, OSError, pgwire.ConnectionClosed)):
+                    w.result()
         ledger.wait_commits(20, timeout=40)
     finally:
         ledger.stop()
     print(ledger.summary())
-    assert not ledger.unclean(), ledger.summary()
+    check_clean(ledger)
     ledger.assert_durable()
     # The COPY was never committed: none of its rows exist.
     with pg.connect("appdb") as c:
@@ -171,7 +188,7 @@ def test_backend_killed_mid_copy_to_stdout(poolers, pg):
         ledger.wait_commits(20, timeout=40)
     finally:
         ledger.stop()
-    assert not ledger.unclean(), ledger.summary()
+    check_clean(ledger)
     ledger.assert_durable()
     assert_settled(p, pg, SETTINGS["default_pool_size"])
 
@@ -196,7 +213,7 @@ def test_postgres_restart_under_load(poolers, pg):
         churn.stop()
     print(steady.summary(), churn.summary())
     for ledger in (steady, churn):
-        assert not ledger.unclean(), ledger.summary()
+        check_clean(ledger)
         ledger.assert_durable()
     assert_settled(p, pg, SETTINGS["default_pool_size"])
 
@@ -243,7 +260,7 @@ def test_partition_longer_than_server_connect_timeout(poolers, pg, existing):
         finally:
             ledger.stop()
         print(ledger.summary(), f"errors before the partition: {errors_before}")
-        assert not ledger.unclean(), ledger.summary()
+        check_clean(ledger)
         ledger.assert_durable()
         assert_settled(p, pg, settings["default_pool_size"])
     finally:

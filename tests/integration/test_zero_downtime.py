@@ -89,12 +89,15 @@ def test_shutdown_lets_open_transactions_commit(poolers, pg, how):
     else:
         p.kill(signal.SIGINT)
     # New clients are turned away at once, cleanly, while the transactions are still open.
-    refusal = wait_until(lambda: new_client_refused(p), 10, 0.05, "new clients to be refused")
-    print(f"a new client during the drain: {refusal}")
+    # (PgBouncer 1.18 keeps listening and lets them wait until it exits.)
+    if IS_SLUICE:
+        refusal = wait_until(lambda: new_client_refused(p), 10, 0.05, "new clients to be refused")
+        print(f"a new client during the drain: {refusal}")
     assert p.running, "the pooler exited with transactions still open"
-    # The client between transactions is told and closed.
-    err = idle.wait_error(10)
-    assert err is None or err.sqlstate in ("57P01", "08P01", "57P03"), err
+    # The client between transactions is told and closed (PgBouncer 1.18 keeps it until exit).
+    if IS_SLUICE:
+        err = idle.wait_error(10)
+        assert err is not None and err.sqlstate == "57P01", err
     # Every open transaction goes on and commits.
     for i, w in enumerate(open_tx):
         w.query(f"INSERT INTO drain_t VALUES ({i}, 1)")
