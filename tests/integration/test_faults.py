@@ -267,6 +267,29 @@ def test_partition_longer_than_server_connect_timeout(poolers, pg, existing):
         proxy.close()
 
 
+def test_server_connections_half_closed_under_latency(poolers, pg):
+    """Every server connection's PostgreSQL-to-pooler direction ends (EOF) while the pooler's
+    direction stays open, under 5 ms of added latency: the pooler treats them as lost."""
+    proxy = FaultProxy(pg.port)
+    try:
+        p = poolers(settings=SETTINGS, databases={
+            "appdb": {"host": "127.0.0.1", "port": proxy.port, "dbname": "appdb"}})
+        proxy.latency(0.005)
+        ledger = Ledger(p, pg, "ledger_half_close", n=4).start()
+        try:
+            ledger.wait_commits(30)
+            assert proxy.half_close_all() > 0
+            ledger.wait_commits(30, timeout=40)
+        finally:
+            ledger.stop()
+        print(ledger.summary())
+        check_clean(ledger)
+        ledger.assert_durable()
+        assert_settled(p, pg, SETTINGS["default_pool_size"])
+    finally:
+        proxy.close()
+
+
 # -- clients that vanish --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("how", ["fin", "rst", "rst_mid_query"])
