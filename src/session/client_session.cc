@@ -1263,8 +1263,21 @@ void ClientSession::dropServer(const std::string& reason) {
   if (!server_) return;
   held_total_s_ += secondsSince(server_since_);  // a hold ended by closing the server counts too
   auto s = std::move(server_);
+  if (s->owedReady() > 0) cancelAbandoned(*s);
   s->detach();
   s->close(reason);
+}
+
+// PostgreSQL notices a closed connection only when it next reads or writes: a query left
+// running (its client vanished, or timed out) would go on to its end, holding its locks and its
+// connection slot. The server is closed, never reused, so the cancel can hit nothing else.
+void ClientSession::cancelAbandoned(const pool::ServerConn& server) {
+  sockaddr_storage peer{};
+  socklen_t len = sizeof peer;
+  if (::getpeername(server.fd(), reinterpret_cast<sockaddr*>(&peer), &len) != 0) return;
+  std::string packet;
+  protocol::appendCancelRequest(packet, server.backendPid(), server.backendKey());
+  CancelForwarder::start(loop_, peer, len, std::move(packet), [] {});
 }
 
 void ClientSession::onServerGone(const ErrorInfo& error) {

@@ -152,7 +152,8 @@ class ClientSession : public pool::PoolClient,
   void releaseServer(TimePoint t = now());
   // The client's hold of server_ ends at t (rewriter, hold statistics); server_ stays set.
   void endHold(TimePoint t);
-  void dropServer(const std::string& reason);  // close it: its state is unknown
+  void dropServer(const std::string& reason);            // close it: its state is unknown
+  void cancelAbandoned(const pool::ServerConn& server);  // see dropServer()
   // A pinned client leaves: reset its server and give it back (false: it cannot be reset now).
   bool resetPinnedServer();
   std::string syncSql();  // SETs that give the server this client's tracked values
