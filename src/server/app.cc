@@ -226,13 +226,7 @@ void App::acceptTcp(std::shared_ptr<asio::ip::tcp::acceptor> acc) {
   acc->async_accept([this, acc](const asio::error_code& ec, asio::ip::tcp::socket sock) {
     // A connection accepted just before the listener closed (a shutdown) is served or refused
     // with an error like any other; dropping it here would reset the client.
-    if (!ec) {
-      asio::error_code e2;
-      auto ep = sock.remote_endpoint(e2);
-      std::string peer = e2 ? "?" : fmt::format("{}:{}", ep.address().to_string(), ep.port());
-      sock.set_option(asio::ip::tcp::no_delay(true), e2);
-      handOff(sock.release(), std::move(peer));
-    }
+    if (!ec) handOffTcp(std::move(sock));
     if (ec == asio::error::operation_aborted || !acc->is_open()) return;
     acceptTcp(acc);
   });
@@ -245,6 +239,14 @@ void App::acceptUnix(std::shared_ptr<asio::local::stream_protocol::acceptor> acc
         if (ec == asio::error::operation_aborted || !acc->is_open()) return;
         acceptUnix(acc);
       });
+}
+
+void App::handOffTcp(asio::ip::tcp::socket sock) {
+  asio::error_code ec;
+  auto ep = sock.remote_endpoint(ec);
+  std::string peer = ec ? "?" : fmt::format("{}:{}", ep.address().to_string(), ep.port());
+  sock.set_option(asio::ip::tcp::no_delay(true), ec);
+  handOff(sock.release(), std::move(peer));
 }
 
 void App::handOff(int fd, std::string peer) {
@@ -418,12 +420,28 @@ void App::requestShutdown(bool wait_for_clients) {
     wait_for_clients_ = wait_for_clients;
     ctx_.shutting_down.store(true);
     if (!wait_for_clients) ctx_.refuse_logins.store(true);
+    // Closing a listener resets the connections the kernel queued on it and nobody accepted:
+    // take them first (they are served, or refused with 57P03), then close.
     for (auto& a : tcp_acceptors_) {
       asio::error_code ec;
+      a->non_blocking(true, ec);
+      for (;;) {
+        asio::ip::tcp::socket sock(control_);
+        a->accept(sock, ec);
+        if (ec) break;
+        handOffTcp(std::move(sock));
+      }
       a->close(ec);
     }
     for (auto& a : unix_acceptors_) {
       asio::error_code ec;
+      a->non_blocking(true, ec);
+      for (;;) {
+        asio::local::stream_protocol::socket sock(control_);
+        a->accept(sock, ec);
+        if (ec) break;
+        handOff(sock.release(), "unix");
+      }
       a->close(ec);
     }
     shutdownTick();

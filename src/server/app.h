@@ -48,7 +48,8 @@ class App : public admin::ControlPlane {
   void listen();
   void acceptTcp(std::shared_ptr<asio::ip::tcp::acceptor> acc);
   void acceptUnix(std::shared_ptr<asio::local::stream_protocol::acceptor> acc);
-  void handOff(int fd, std::string peer);  // a worker loop creates the session
+  void handOffTcp(asio::ip::tcp::socket sock);  // peer address, TCP_NODELAY, handOff
+  void handOff(int fd, std::string peer);       // a worker loop creates the session
   void scheduleJanitor();
   void janitorTick();
   // Tells pools with waiting clients which application_names hold their servers (their errors
