@@ -218,6 +218,7 @@ void EventLoop::turn(int timeout_ms) {
     }
     if (slot->dead) continue;
     uint32_t e = events[i].events;
+    if (e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) slot->hangup = true;
     if (e & kReadEvents) {
       slot->readable = true;
       if (slot->want_read) {

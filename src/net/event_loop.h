@@ -46,6 +46,9 @@ class EventLoop {
     Slot* prev = nullptr;         // the loop's list of registered slots (intrusive: no node
     Slot* next = nullptr;         // allocation per connection)
     bool readable = false;        // seen readable and not since drained
+    // The peer closed or reset (EPOLLRDHUP/HUP/ERR seen): EOF or the error stays readable for
+    // good and no further edge will announce it, so the slot never counts as drained again.
+    bool hangup = false;
     bool writable = false;
     bool want_read = false;
     bool want_write = false;
@@ -70,8 +73,12 @@ class EventLoop {
   // Calls onReadable() once the descriptor is readable: later in this turn if it already is.
   void wantRead(Slot* slot);
   void wantWrite(Slot* slot);
-  // The last read or write found nothing (EAGAIN) or was short: wait for the next edge.
-  static void drained(Slot* slot) { slot->readable = false; }
+  // The last read or write found nothing (EAGAIN) or was short: wait for the next edge. A short
+  // read after a hang-up is not empty: the EOF (or error) behind the data is still to be read, and
+  // its edge has already been delivered with the data's.
+  static void drained(Slot* slot) {
+    if (!slot->hangup) slot->readable = false;
+  }
   // Bytes may be waiting though no edge will say so (a reader left them): try the next read.
   static void mayBeReadable(Slot* slot) { slot->readable = true; }
   static void full(Slot* slot) { slot->writable = false; }

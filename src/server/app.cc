@@ -117,14 +117,45 @@ int App::run() {
     });
   }
   for (auto& l : loops_) l->drainAndJoin(std::chrono::seconds(2));
-  if (!unix_socket_path_.empty()) ::unlink(unix_socket_path_.c_str());
+  if (!unix_socket_path_.empty()) {
+    // Only if the socket there is still ours: in a rolling restart the new process has bound the
+    // same path (unlinking ours first), and removing its socket would cut it off.
+    struct stat st {};
+    if (::stat(unix_socket_path_.c_str(), &st) == 0 && st.st_ino == unix_socket_ino_ &&
+        st.st_dev == unix_socket_dev_) {
+      ::unlink(unix_socket_path_.c_str());
+    }
+  }
   if (!pidfile.empty()) ::unlink(pidfile.c_str());
   SLOG_INFO("sluice stopped");
   return exit_code_;
 }
 
+namespace {
+// With so_reuseport, a second process can share the port during a rolling restart; when the old
+// one closes its listener, Linux resets the connections still in that listener's accept queue
+// unless net.ipv4.tcp_migrate_req = 1 (Linux 5.14+) moves them to another listener of the group.
+void warnIfReuseportLosesConnections() {
+  std::ifstream f("/proc/sys/net/ipv4/tcp_migrate_req");
+  int value = -1;
+  if (!(f >> value)) {
+    SLOG_WARN(
+        "so_reuseport is on but this kernel has no net.ipv4.tcp_migrate_req (Linux 5.14+): when a "
+        "process sharing this port stops listening, connections still in its accept queue are "
+        "reset");
+    return;
+  }
+  if (value != 0) return;
+  SLOG_WARN(
+      "so_reuseport is on but net.ipv4.tcp_migrate_req is 0: when a process sharing this port "
+      "stops listening (a rolling restart), connections still in its accept queue are reset; set "
+      "sysctl -w net.ipv4.tcp_migrate_req=1 (see README, Rolling restart)");
+}
+}  // namespace
+
 void App::listen() {
   const auto& s = cfg_->settings;
+  if (s.so_reuseport) warnIfReuseportLosesConnections();
   if (!s.listen_addr.empty()) {
     std::vector<std::string> addrs;
     size_t start = 0;
@@ -187,6 +218,11 @@ void App::listen() {
         why = ec.message();
       } else {
         unix_socket_path_ = path;
+        struct stat st {};
+        if (::stat(path.c_str(), &st) == 0) {
+          unix_socket_ino_ = st.st_ino;
+          unix_socket_dev_ = st.st_dev;
+        }
         ::chmod(path.c_str(), mode_t(s.unix_socket_mode));
         SLOG_INFO("listening on unix:{}", path);
         unix_acceptors_.push_back(acc);
@@ -206,14 +242,10 @@ void App::listen() {
 
 void App::acceptTcp(std::shared_ptr<asio::ip::tcp::acceptor> acc) {
   acc->async_accept([this, acc](const asio::error_code& ec, asio::ip::tcp::socket sock) {
+    // A connection accepted just before the listener closed (a shutdown) is served or refused
+    // with an error like any other; dropping it here would reset the client.
+    if (!ec) handOffTcp(std::move(sock));
     if (ec == asio::error::operation_aborted || !acc->is_open()) return;
-    if (!ec) {
-      asio::error_code e2;
-      auto ep = sock.remote_endpoint(e2);
-      std::string peer = e2 ? "?" : fmt::format("{}:{}", ep.address().to_string(), ep.port());
-      sock.set_option(asio::ip::tcp::no_delay(true), e2);
-      handOff(sock.release(), std::move(peer));
-    }
     acceptTcp(acc);
   });
 }
@@ -221,10 +253,18 @@ void App::acceptTcp(std::shared_ptr<asio::ip::tcp::acceptor> acc) {
 void App::acceptUnix(std::shared_ptr<asio::local::stream_protocol::acceptor> acc) {
   acc->async_accept(
       [this, acc](const asio::error_code& ec, asio::local::stream_protocol::socket sock) {
+        if (!ec) handOff(sock.release(), "unix");  // even if the listener closed meanwhile
         if (ec == asio::error::operation_aborted || !acc->is_open()) return;
-        if (!ec) handOff(sock.release(), "unix");
         acceptUnix(acc);
       });
+}
+
+void App::handOffTcp(asio::ip::tcp::socket sock) {
+  asio::error_code ec;
+  auto ep = sock.remote_endpoint(ec);
+  std::string peer = ec ? "?" : fmt::format("{}:{}", ep.address().to_string(), ep.port());
+  sock.set_option(asio::ip::tcp::no_delay(true), ec);
+  handOff(sock.release(), std::move(peer));
 }
 
 void App::handOff(int fd, std::string peer) {
@@ -331,6 +371,7 @@ void App::waitSignals() {
       if (shutting_down_ && wait_for_clients_) {
         // A second SIGTERM: stop waiting for clients, only for transactions.
         wait_for_clients_ = false;
+        ctx_.refuse_logins.store(true);
       } else {
         requestShutdown(true);
       }
@@ -417,12 +458,29 @@ void App::requestShutdown(bool wait_for_clients) {
     shutting_down_ = true;
     wait_for_clients_ = wait_for_clients;
     ctx_.shutting_down.store(true);
+    if (!wait_for_clients) ctx_.refuse_logins.store(true);
+    // Closing a listener resets the connections the kernel queued on it and nobody accepted:
+    // take them first (they are served, or refused with 57P03), then close.
     for (auto& a : tcp_acceptors_) {
       asio::error_code ec;
+      a->non_blocking(true, ec);
+      for (;;) {
+        asio::ip::tcp::socket sock(control_);
+        a->accept(sock, ec);
+        if (ec) break;
+        handOffTcp(std::move(sock));
+      }
       a->close(ec);
     }
     for (auto& a : unix_acceptors_) {
       asio::error_code ec;
+      a->non_blocking(true, ec);
+      for (;;) {
+        asio::local::stream_protocol::socket sock(control_);
+        a->accept(sock, ec);
+        if (ec) break;
+        handOff(sock.release(), "unix");
+      }
       a->close(ec);
     }
     shutdownTick();

@@ -48,7 +48,8 @@ class App : public admin::ControlPlane {
   void listen();
   void acceptTcp(std::shared_ptr<asio::ip::tcp::acceptor> acc);
   void acceptUnix(std::shared_ptr<asio::local::stream_protocol::acceptor> acc);
-  void handOff(int fd, std::string peer);  // a worker loop creates the session
+  void handOffTcp(asio::ip::tcp::socket sock);  // peer address, TCP_NODELAY, handOff
+  void handOff(int fd, std::string peer);       // a worker loop creates the session
   void scheduleJanitor();
   void janitorTick();
   // Tells pools with waiting clients which application_names hold their servers (their errors
@@ -73,6 +74,8 @@ class App : public admin::ControlPlane {
   std::vector<std::shared_ptr<asio::ip::tcp::acceptor>> tcp_acceptors_;
   std::vector<std::shared_ptr<asio::local::stream_protocol::acceptor>> unix_acceptors_;
   std::string unix_socket_path_;
+  uint64_t unix_socket_ino_ = 0;  // which socket file is ours (see run()'s exit)
+  uint64_t unix_socket_dev_ = 0;
   size_t next_loop_ = 0;
   int janitor_ticks_ = 0;
   bool shutting_down_ = false;

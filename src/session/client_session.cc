@@ -30,6 +30,8 @@ constexpr size_t kLowWatermark = size_t{64} * 1024;
 // Query and Parse texts are inspected for session state up to this size (a longer one only on
 // its first 64 KiB, as the prepared-statement rewriter reads them).
 constexpr size_t kMaxInspectedSql = size_t{64} * 1024;
+// How long a client closed after an error may keep sending before its socket is closed anyway.
+constexpr std::chrono::milliseconds kLingerLimit{1000};
 
 ErrorInfo makeError(const char* sqlstate, std::string message, const char* severity = "ERROR") {
   ErrorInfo e;
@@ -128,6 +130,10 @@ void ClientSession::stopHangupWatch() {
 
 void ClientSession::onReadable() {
   read_in_flight_ = false;
+  if (lingering_) {
+    lingerRead();
+    return;
+  }
   if (state_ == State::kClosed || close_after_write_) return;
   if (watching_hangup_) {
     if (state_ == State::kWaiting || state_ == State::kWelcome) {
@@ -445,6 +451,42 @@ void ClientSession::closeQuietly(CloseReason reason, const std::string& detail) 
               stats::closeReasonToken(reason), detail_text.empty() ? "" : ": ", detail_text,
               secondsSince(connected_at_), transactions_);
   }
+  if (close_after_write_ && slot_ != nullptr && fd_ >= 0) {
+    linger();
+    return;
+  }
+  net::EventLoop::TimerId no_timer = 0;
+  loop_->release(no_timer, slot_, fd_);
+}
+
+void ClientSession::linger() {
+  lingering_ = true;
+  ::shutdown(fd_, SHUT_WR);
+  auto self = shared_from_this();
+  loop_->runAfter(kLingerLimit, [self] { self->endLinger(); });
+  lingerRead();
+}
+
+void ClientSession::lingerRead() {
+  char sink[4096];
+  for (;;) {
+    ssize_t n = net::sysRecv(fd_, sink, sizeof sink, MSG_DONTWAIT);
+    if (n > 0) continue;  // what the client sent before it saw the error: nobody reads it now
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      net::EventLoop::drained(slot_);
+      read_in_flight_ = true;
+      loop_->wantRead(slot_);
+      return;
+    }
+    endLinger();  // EOF: the client closed too (or an error)
+    return;
+  }
+}
+
+void ClientSession::endLinger() {
+  if (!lingering_) return;
+  lingering_ = false;
   net::EventLoop::TimerId no_timer = 0;
   loop_->release(no_timer, slot_, fd_);
 }
@@ -537,7 +579,7 @@ bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
                              "raise max_client_conn or use fewer client connections",
                              s.max_client_conn));
   }
-  if (ctx_->shutting_down.load()) {
+  if (ctx_->refuse_logins.load()) {
     return fatal(CloseReason::kShuttingDown, "sluice is shutting down");
   }
   for (const auto& [k, v] : m.params) {
@@ -1520,8 +1562,21 @@ void ClientSession::dropServer(const std::string& reason) {
   if (!server_) return;
   held_total_s_ += secondsSince(server_since_);  // a hold ended by closing the server counts too
   auto s = std::move(server_);
+  if (s->owedReady() > 0) cancelAbandoned(*s);
   s->detach();
   s->close(reason);
+}
+
+// PostgreSQL notices a closed connection only when it next reads or writes: a query left
+// running (its client vanished, or timed out) would go on to its end, holding its locks and its
+// connection slot. The server is closed, never reused, so the cancel can hit nothing else.
+void ClientSession::cancelAbandoned(const pool::ServerConn& server) {
+  sockaddr_storage peer{};
+  socklen_t len = sizeof peer;
+  if (::getpeername(server.fd(), reinterpret_cast<sockaddr*>(&peer), &len) != 0) return;
+  std::string packet;
+  protocol::appendCancelRequest(packet, server.backendPid(), server.backendKey());
+  CancelForwarder::start(loop_, peer, len, std::move(packet), [] {});
 }
 
 void ClientSession::onServerGone(const ErrorInfo& error) {

@@ -117,6 +117,12 @@ class ClientSession : public pool::PoolClient,
   void flushWrites();
   void afterWrite(net::Outbox::Result r);
   void closeQuietly(stats::CloseReason reason, const std::string& detail = "");
+  // After an error was written: FIN after it, then read and drop what the client still sends
+  // until it closes (or kLingerLimit), so that close() never resets a connection with unread
+  // bytes, which would make the client's kernel discard the error before the client reads it.
+  void linger();
+  void lingerRead();
+  void endLinger();
 
   void processStartup();
   bool handleStartupMessage(const protocol::StartupMessage& m);
@@ -167,7 +173,8 @@ class ClientSession : public pool::PoolClient,
   void releaseServer(TimePoint t = now());
   // The client's hold of server_ ends at t (rewriter, hold statistics); server_ stays set.
   void endHold(TimePoint t);
-  void dropServer(const std::string& reason);  // close it: its state is unknown
+  void dropServer(const std::string& reason);            // close it: its state is unknown
+  void cancelAbandoned(const pool::ServerConn& server);  // see dropServer()
   // A pinned client leaves: reset its server and give it back (false: it cannot be reset now).
   bool resetPinnedServer();
   std::string syncSql();  // SETs that give the server this client's tracked values
@@ -242,6 +249,7 @@ class ClientSession : public pool::PoolClient,
   bool read_in_flight_ = false;
   bool watching_hangup_ = false;  // queued: the read interest only looks for a hang-up
   bool close_after_write_ = false;
+  bool lingering_ = false;        // closed after an error; see linger()
   bool rewrite_waiting_ = false;  // a message waits for the server's answer to an earlier one
   bool rewrite_enabled_ = false;  // transaction pooling with max_prepared_statements > 0
   // A message that needs the rewriter waits for the server's answers to earlier simple queries.

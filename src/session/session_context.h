@@ -70,6 +70,10 @@ struct SessionContext {
   std::atomic<int> client_count{0};                 // for max_client_conn
   std::atomic<int> pending_logins{0};               // accepted, not yet authenticated
   std::atomic<bool> shutting_down{false};
+  // Logins are refused (57P03): set by a shutdown that waits only for transactions (SIGINT,
+  // SHUTDOWN, a second SIGTERM). A shutdown that waits for clients (SIGTERM) still logs in the
+  // connections its listener accepted before it closed, as in a rolling restart.
+  std::atomic<bool> refuse_logins{false};
   std::atomic<uint64_t> next_client_id{1};
 
   // auth_hba_file's rules while auth_type = hba (nullptr otherwise), swapped by the App at

@@ -45,7 +45,8 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 # Modules whose tests drive many clients across worker loops at once (run under TSan).
 CONCURRENCY_MODULES = {"test_limits", "test_cancel", "test_pgbench", "test_reload", "test_tls",
-                       "test_server_death", "test_shutdown", "test_params", "test_modes"}
+                       "test_server_death", "test_shutdown", "test_params", "test_modes",
+                       "test_faults", "test_zero_downtime"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -161,6 +161,10 @@ class PgWire:
     def query(self, sql: str) -> Result:
         """Runs a simple query; raises ServerError for an ErrorResponse (after ReadyForQuery)."""
         self.send(b"Q", _cstr(sql))
+        return self.result()
+
+    def result(self) -> Result:
+        """Reads the answer to a query already sent, up to ReadyForQuery (as `query`)."""
         res, err = Result(), None
         while True:
             try:

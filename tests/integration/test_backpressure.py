@@ -51,3 +51,30 @@ def test_slow_reader_of_a_large_result_is_held_back_not_buffered(poolers):
     assert n == ROWS
     assert w.query("SELECT 2").rows[0][0] == "2"
     w.close()
+
+
+def test_stalled_reader_does_not_hold_up_others_and_its_server_comes_back(poolers, pg):
+    """A client stops reading a large result while other clients keep committing on the pool's
+    other server; then it vanishes (RST). Its server is not leaked: it is closed (it was in the
+    middle of a result) and the pool settles back to PostgreSQL's own backends."""
+    from faultlib import Ledger, assert_settled
+    from faultproxy import _rst
+
+    p = poolers(settings={"default_pool_size": 2, "query_wait_timeout": 30})
+    w = p.wire(timeout=30)
+    w.query("SELECT 1")
+    w.send(b"Q", f"SELECT g, repeat('x', {WIDTH}) FROM generate_series(1, {ROWS}) g\0"
+           .encode())
+    w.read_message()  # RowDescription: the result is on its way, and the reader stops here
+    ledger = Ledger(p, pg, "ledger_stalled_reader", n=3).start()
+    try:
+        ledger.wait_commits(100)
+        if IS_SLUICE:
+            rows = [r for r in p.admin("SHOW POOLS") if r["database"] == "appdb"]
+            assert rows[0]["sv_active"] >= 1, rows  # the stalled reader still holds its server
+    finally:
+        _rst(w.sock)
+        ledger.stop()
+    assert not ledger.errors(), ledger.summary()
+    ledger.assert_durable()
+    assert_settled(p, pg, 2)
