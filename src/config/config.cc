@@ -51,8 +51,8 @@ constexpr std::pair<std::string_view, double> kDurationUnitsMs[] = {
     {"", 1000}, {"s", 1000}, {"ms", 1}, {"us", 0.001}, {"min", 60e3}, {"h", 3600e3}, {"d", 86400e3},
 };
 constexpr std::pair<std::string_view, SslMode> kSslModes[] = {
-    {"disable", SslMode::kDisable}, {"allow", SslMode::kAllow},
-    {"prefer", SslMode::kPrefer},   {"require", SslMode::kRequire},
+    {"disable", SslMode::kDisable},    {"allow", SslMode::kAllow},
+    {"prefer", SslMode::kPrefer},      {"require", SslMode::kRequire},
     {"verify-ca", SslMode::kVerifyCa}, {"verify-full", SslMode::kVerifyFull},
 };
 

@@ -140,7 +140,8 @@ std::shared_ptr<const TlsContext> TlsContext::create(const TlsOptions& o) {
     throwSetup("bad TLS 1.3 cipher suites '" + o.tls13_ciphers + "'");
   }
   std::string curve = lower(o.ecdhcurve);
-  if (!curve.empty() && curve != "auto" && SSL_CTX_set1_groups_list(ctx, o.ecdhcurve.c_str()) != 1) {
+  if (!curve.empty() && curve != "auto" &&
+      SSL_CTX_set1_groups_list(ctx, o.ecdhcurve.c_str()) != 1) {
     throwSetup("bad ECDH curve '" + o.ecdhcurve + "'");
   }
   if (o.accept && lower(o.dheparams) != "none") SSL_CTX_set_dh_auto(ctx, 1);
@@ -154,8 +155,7 @@ std::shared_ptr<const TlsContext> TlsContext::create(const TlsOptions& o) {
       throwSetup("could not load the key file " + o.key_file);
     }
     if (SSL_CTX_check_private_key(ctx) != 1) {
-      throwSetup("the key file " + o.key_file + " does not match the certificate " +
-                 o.cert_file);
+      throwSetup("the key file " + o.key_file + " does not match the certificate " + o.cert_file);
     }
   }
   if (o.accept && (o.cert_file.empty() || o.key_file.empty())) {
@@ -175,8 +175,8 @@ std::shared_ptr<const TlsContext> TlsContext::create(const TlsOptions& o) {
       STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(o.ca_file.c_str());
       if (names != nullptr) SSL_CTX_set_client_CA_list(ctx, names);
       ERR_clear_error();
-      SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | (o.verify_peer ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0),
-                         nullptr);
+      SSL_CTX_set_verify(
+          ctx, SSL_VERIFY_PEER | (o.verify_peer ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0), nullptr);
     } else if (o.verify_peer) {
       throw std::runtime_error("verifying client certificates needs a CA file");
     }

@@ -156,8 +156,7 @@ void ServerConn::send(std::string_view bytes) {
       auto self = shared_from_this();
       loop_->post([self] {
         if (self->state_ == State::kClosed) return;
-        self->fail("TLS with server failed: " + self->tls_->error(),
-                   sqlstate::kConnectionFailure);
+        self->fail("TLS with server failed: " + self->tls_->error(), sqlstate::kConnectionFailure);
       });
       return;
     }
@@ -764,8 +763,8 @@ void ServerConn::close(const std::string& reason) {
       bye.clear();
       if (!tls_->write(plain, &bye)) bye.clear();
     }
-    said_bye = !bye.empty() &&
-        ::send(fd_, bye.data(), bye.size(), MSG_NOSIGNAL | MSG_DONTWAIT) == ssize_t(bye.size());
+    said_bye = !bye.empty() && ::send(fd_, bye.data(), bye.size(), MSG_NOSIGNAL | MSG_DONTWAIT) ==
+                                   ssize_t(bye.size());
   }
   state_ = State::kClosed;
   // Nobody waits for sluice's own query any more; its callback may hold this connection.

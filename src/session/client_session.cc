@@ -651,8 +651,7 @@ bool ClientSession::handleStartupMessage(const protocol::StartupMessage& m) {
     if (!protocol::constantTimeEquals(tls_->peerCommonName(), user_)) {
       return fatal(CloseReason::kNotAllowed,
                    "sluice: certificate authentication failed for user \"" + user_ +
-                       "\": the certificate's common name is \"" + tls_->peerCommonName() +
-                       "\"");
+                       "\": the certificate's common name is \"" + tls_->peerCommonName() + "\"");
     }
     type = config::AuthType::kAny;  // no password: the certificate is the proof
   }
