@@ -543,25 +543,23 @@ void ServerConn::resumeReading() {
 
 void ServerConn::runInternalParams(std::string sql, std::vector<std::optional<std::string>> params,
                                    std::function<void(Status)> done) {
-  internal_ = std::move(done);
-  internal_error_.clear();
-  internal_value_.clear();
-  internal_row_.clear();
-  ++owed_ready_;
   std::string msg;
   protocol::appendParameterizedQuery(msg, sql, params);
-  send(msg);
-  startRead();
+  startInternal(msg, std::move(done));
 }
 
 void ServerConn::runInternal(std::string sql, std::function<void(Status)> done) {
+  std::string msg;
+  protocol::appendQuery(msg, sql);
+  startInternal(msg, std::move(done));
+}
+
+void ServerConn::startInternal(std::string_view msg, std::function<void(Status)> done) {
   internal_ = std::move(done);
   internal_error_.clear();
   internal_value_.clear();
   internal_row_.clear();
   ++owed_ready_;
-  std::string msg;
-  protocol::appendQuery(msg, sql);
   send(msg);
   startRead();
 }

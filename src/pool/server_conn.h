@@ -180,6 +180,7 @@ class ServerConn : public net::IoWatcher, public std::enable_shared_from_this<Se
   void drain();        // reads to PostgreSQL's EOF after close()
   void finishLogin(Status st, const std::string& sqlstate);
   void sendStartup();
+  void startInternal(std::string_view msg, std::function<void(Status)> done);
   // PostgreSQL's one-byte answer to the SSLRequest; false: stop.
   bool handleTlsAnswer();
   void flushTlsOutput();

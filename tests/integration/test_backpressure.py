@@ -18,10 +18,11 @@ def rss_kb(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def test_slow_reader_of_a_large_result_is_held_back_not_buffered(poolers):
-    p = poolers(settings={"default_pool_size": 2})
-    w = p.wire(timeout=30)
-    w.query("SELECT 1")  # logged in, a server exists, buffers warmed up
+def stall_then_read_slowly(p, w, during_stall=None) -> None:
+    """Asks `w` (logged in) for the 40 MB result, reads nothing for 1.5 s while checking that the
+    pooler's RSS does not grow by the result, runs `during_stall`, then reads every row slowly,
+    checking order and size, and one more query."""
+    w.query("SELECT 1")  # a server exists, buffers warmed up
     before = rss_kb(p.proc.pid)
     w.send(b"Q", f"SELECT g, repeat('x', {WIDTH}) FROM generate_series(1, {ROWS}) g\0"
            .encode())
@@ -32,8 +33,8 @@ def test_slow_reader_of_a_large_result_is_held_back_not_buffered(poolers):
         # At most the client's write watermark (512 KiB) plus a server read buffer, not the
         # result: the server is paused until the client drains.
         assert stalled - before < 16 * 1024, (before, stalled)  # room for sanitizer shadow memory
-    with p.connect() as other:  # the pool's other server is still there for everyone else
-        assert other.execute("SELECT 41 + 1").fetchone()[0] == 42
+    if during_stall:
+        during_stall()
     n = 0
     while True:
         kind, body = w.read_message()
@@ -51,6 +52,15 @@ def test_slow_reader_of_a_large_result_is_held_back_not_buffered(poolers):
     assert n == ROWS
     assert w.query("SELECT 2").rows[0][0] == "2"
     w.close()
+
+
+def test_slow_reader_of_a_large_result_is_held_back_not_buffered(poolers):
+    p = poolers(settings={"default_pool_size": 2})
+
+    def others_are_served():  # the pool's other server is still there for everyone else
+        with p.connect() as other:
+            assert other.execute("SELECT 41 + 1").fetchone()[0] == 42
+    stall_then_read_slowly(p, p.wire(timeout=30), others_are_served)
 
 
 def test_stalled_reader_does_not_hold_up_others_and_its_server_comes_back(poolers, pg):

@@ -12,7 +12,6 @@ import socket
 import ssl
 import struct
 import subprocess
-import time
 from pathlib import Path
 
 import psycopg
@@ -351,30 +350,11 @@ def test_pgbench_over_tls_on_both_sides(poolers, pg_ssl, certs, bench_db):
 def test_slow_tls_reader_of_a_large_result_is_held_back(poolers, certs):
     """The write watermarks count ciphertext: a TLS client that reads nothing of a 40 MB result
     makes the pooler stop reading from the server, as in test_backpressure.py."""
-    from test_backpressure import ROWS, WIDTH, rss_kb
+    from test_backpressure import stall_then_read_slowly
     p = poolers(client_tls(certs, "require") | {"default_pool_size": 2})
     w = tls_wire(p.port, certs)
     w.startup("sluice_md5", "appdb", harness.PASSWORDS["sluice_md5"])
-    w.query("SELECT 1")
-    before = rss_kb(p.proc.pid)
-    w.send(b"Q", f"SELECT g, repeat('x', {WIDTH}) FROM generate_series(1, {ROWS}) g\0".encode())
-    time.sleep(1.5)
-    stalled = rss_kb(p.proc.pid)
-    print(f"RSS {before} kB -> {stalled} kB while the TLS client reads nothing")
-    if IS_SLUICE:
-        assert stalled - before < 16 * 1024, (before, stalled)
-    n = 0
-    while True:
-        kind, body = w.read_message()
-        if kind == b"D":
-            n += 1
-            first_len = int.from_bytes(body[2:6], "big")
-            assert int(body[6:6 + first_len]) == n
-        elif kind == b"Z":
-            break
-    assert n == ROWS
-    assert w.query("SELECT 2").rows == [("2",)]
-    w.close()
+    stall_then_read_slowly(p, w)
 
 
 @pytest.mark.sluice_only(reason="PgBouncer 1.18 has no auth_type = hba with cert lines")
