@@ -364,7 +364,7 @@ void App::waitSignals() {
     if (sig == SIGHUP) {
       SLOG_INFO("SIGHUP: {}", reload());
     } else if (sig == SIGINT) {
-      SLOG_INFO("SIGINT: stop accepting, let transactions finish, exit");
+      SLOG_INFO("SIGINT: refuse new clients (57P03), let transactions finish, exit");
       requestShutdown(false);
     } else {
       SLOG_INFO("SIGTERM: stop accepting, wait for clients to disconnect, exit");
@@ -458,33 +458,44 @@ void App::requestShutdown(bool wait_for_clients) {
     shutting_down_ = true;
     wait_for_clients_ = wait_for_clients;
     ctx_.shutting_down.store(true);
-    if (!wait_for_clients) ctx_.refuse_logins.store(true);
-    // Closing a listener resets the connections the kernel queued on it and nobody accepted:
-    // take them first (they are served, or refused with 57P03), then close.
-    for (auto& a : tcp_acceptors_) {
-      asio::error_code ec;
-      a->non_blocking(true, ec);
-      for (;;) {
-        asio::ip::tcp::socket sock(control_);
-        a->accept(sock, ec);
-        if (ec) break;
-        handOffTcp(std::move(sock));
-      }
-      a->close(ec);
-    }
-    for (auto& a : unix_acceptors_) {
-      asio::error_code ec;
-      a->non_blocking(true, ec);
-      for (;;) {
-        asio::local::stream_protocol::socket sock(control_);
-        a->accept(sock, ec);
-        if (ec) break;
-        handOff(sock.release(), "unix");
-      }
-      a->close(ec);
+    if (!wait_for_clients) {
+      // SIGINT / SHUTDOWN: nothing takes over the port, so the listeners stay open until exit
+      // and a new client gets 57P03 from the startup check. Closing them now would reset
+      // whoever connects between the last accept and the close.
+      ctx_.refuse_logins.store(true);
+    } else {
+      closeListeners();  // SIGTERM: a successor (so_reuseport) takes the new clients
     }
     shutdownTick();
   });
+}
+
+// Closing a listener resets the connections the kernel queued on it and nobody accepted (unless
+// net.ipv4.tcp_migrate_req moves them to another listener of the port): take them first (they
+// are served, or refused with 57P03), then close.
+void App::closeListeners() {
+  for (auto& a : tcp_acceptors_) {
+    asio::error_code ec;
+    a->non_blocking(true, ec);
+    for (;;) {
+      asio::ip::tcp::socket sock(control_);
+      a->accept(sock, ec);
+      if (ec) break;
+      handOffTcp(std::move(sock));
+    }
+    a->close(ec);
+  }
+  for (auto& a : unix_acceptors_) {
+    asio::error_code ec;
+    a->non_blocking(true, ec);
+    for (;;) {
+      asio::local::stream_protocol::socket sock(control_);
+      a->accept(sock, ec);
+      if (ec) break;
+      handOff(sock.release(), "unix");
+    }
+    a->close(ec);
+  }
 }
 
 // While shutting down: clients without a server (and so without a transaction) are told and
@@ -493,15 +504,19 @@ void App::shutdownTick() {
   auto remaining = std::make_shared<std::atomic<int>>(0);
   auto pending = std::make_shared<std::atomic<int>>(int(ctx_.loops.size()));
   bool wait_clients = wait_for_clients_;
+  bool refuse_logins = ctx_.refuse_logins.load();
   for (auto& lc : ctx_.loops) {
     session::LoopClients* l = lc.get();
-    l->loop->post([this, l, remaining, pending, wait_clients] {
+    l->loop->post([this, l, remaining, pending, wait_clients, refuse_logins] {
       std::vector<std::shared_ptr<session::ClientSession>> clients;
       for (auto* c : l->clients) clients.push_back(c->shared_from_this());
       for (auto& c : clients) {
         using S = session::ClientSession::State;
+        // Logging in counts as busy only while logins are still served (SIGTERM); after SIGINT
+        // a client still logging in is refused now, not waited for.
+        bool logging_in = c->state() == S::kStartup || c->state() == S::kAuth;
         bool busy = c->state() == S::kActive || c->state() == S::kSyncing ||
-                    c->state() == S::kStartup || c->state() == S::kAuth;
+                    (logging_in && !refuse_logins);
         if (busy || wait_clients) {
           remaining->fetch_add(1);
           continue;

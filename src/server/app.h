@@ -57,6 +57,7 @@ class App : public admin::ControlPlane {
   void nameHolders();
   void waitSignals();
   void shutdownTick();
+  void closeListeners();
 
   std::string config_path_;
   std::shared_ptr<const config::Config> cfg_;
