@@ -515,8 +515,8 @@ void App::shutdownTick() {
         // Logging in counts as busy only while logins are still served (SIGTERM); after SIGINT
         // a client still logging in is refused now, not waited for.
         bool logging_in = c->state() == S::kStartup || c->state() == S::kAuth;
-        bool busy = c->state() == S::kActive || c->state() == S::kSyncing ||
-                    (logging_in && !refuse_logins);
+        bool busy =
+            c->state() == S::kActive || c->state() == S::kSyncing || (logging_in && !refuse_logins);
         if (busy || wait_clients) {
           remaining->fetch_add(1);
           continue;
